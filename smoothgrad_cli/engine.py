@@ -1,0 +1,500 @@
+"""SmoothGrad and its base methods, in pure torch (no files, no terminal).
+
+Everything here works on model-input tensors ``(N, C, H, W)`` and a model that maps them to
+class scores ``(N, classes)``. The score S_c is the model's output before any softmax, as in
+the paper and in Captum.
+
+    from smoothgrad_cli.engine import Gradient, SmoothGrad
+    maps = SmoothGrad(Gradient(), noise_level=0.15, samples=50).attribute(model, x, target)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+SMOOTHINGS = ("smoothgrad", "smoothgrad-sq", "vargrad", "none")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Activations guided backprop knows how to modify: their backward is a 0/1 mask, so clamping
+# the incoming gradient at zero is exactly "guided" (Springenberg et al. 2015).
+_GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` takes CUDA, then Apple's MPS, then the CPU."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("device 'mps' asked for, but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn ``auto`` into a concrete precision for ``device``.
+
+    bf16 only where the hardware has fast bf16 and the maps stay faithful (see README): CUDA
+    devices that support it. On CPUs fp32 stays the default because bf16 speed varies widely
+    between CPUs; ``--precision bf16`` opts in.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ValueError("precision 'fp16' is not supported on the CPU; use bf16 or fp32")
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def prepare_model(
+    model: nn.Module, device: torch.device | str = "cpu", channels_last: bool | None = None
+) -> nn.Module:
+    """Put ``model`` in eval mode on ``device`` with its parameters frozen.
+
+    Only the gradient with respect to the input is needed, so no parameter gradient is ever
+    computed or stored: less memory, and the backward pass skips the weight-gradient GEMMs.
+    """
+    device = torch.device(device)
+    model = model.eval().to(device)
+    model.requires_grad_(False)
+    if channels_last is None:
+        channels_last = device.type in ("cpu", "cuda") and _has_conv(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _input_format(model: nn.Module) -> torch.memory_format:
+    for p in model.parameters():
+        if p.dim() == 4:
+            if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+                return torch.channels_last
+            break
+    return torch.contiguous_format
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _check_inputs(x: Tensor, target: Tensor | Sequence[int] | int) -> tuple[Tensor, Tensor]:
+    if x.dim() != 4:
+        raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"inputs must be a floating-point tensor, got {x.dtype}")
+    target = torch.as_tensor(target, dtype=torch.long, device=x.device)
+    if target.dim() == 0:
+        target = target.expand(x.shape[0])
+    if target.shape != (x.shape[0],):
+        raise ValueError(f"need one target per input: {x.shape[0]} inputs, {target.numel()} targets")
+    return x, target
+
+
+def input_gradient(
+    model: nn.Module, x: Tensor, target: Tensor, precision: str = "fp32"
+) -> tuple[Tensor, Tensor]:
+    """dS_c/dx for each row of ``x``, and the scores S_c themselves.
+
+    The scores of a batch are summed before the backward pass: in eval mode rows do not
+    interact, so d(sum)/dx_i is each row's own gradient and one backward pass does them all.
+    """
+    x = x.detach().requires_grad_(True)
+    with autocast(x.device, precision):
+        scores = model(x)
+    if scores.dim() != 2:
+        raise ValueError(f"model must return (N, classes) scores, got shape {tuple(scores.shape)}")
+    selected = scores.gather(1, target[:, None]).squeeze(1)
+    (grad,) = torch.autograd.grad(selected.sum(), x)
+    return grad.float(), selected.detach().float()
+
+
+class BaseMethod(ABC):
+    """A sensitivity map M_c(x) for one batch of inputs; smoothing is built on top."""
+
+    name: ClassVar[str]
+    #: forward+backward passes per input row, to size chunks of work
+    passes_per_input: int = 1
+
+    @abstractmethod
+    def attribute(
+        self, model: nn.Module, x: Tensor, target: Tensor, precision: str = "fp32"
+    ) -> Tensor:
+        """Maps of the same shape as ``x``, in float32."""
+
+    def hooks(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Changes to the model that must be in place while attributing (none by default)."""
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Gradient(BaseMethod):
+    """The vanilla gradient dS_c/dx (Simonyan et al. 2014), signed."""
+
+    name = "gradient"
+
+    def attribute(self, model, x, target, precision="fp32"):
+        return input_gradient(model, x, target, precision)[0]
+
+
+class InputXGradient(BaseMethod):
+    """x ⊙ dS_c/dx (Shrikumar et al. 2016). Under smoothing, x is the noisy copy, as in Captum."""
+
+    name = "input-x-gradient"
+
+    def attribute(self, model, x, target, precision="fp32"):
+        return x.float() * input_gradient(model, x, target, precision)[0]
+
+
+class IntegratedGradients(BaseMethod):
+    """(x − x') ⊙ ∫₀¹ dS_c/dx (x' + α(x − x')) dα (Sundararajan et al. 2017).
+
+    The integral uses Gauss–Legendre quadrature, Captum's default rule, which is exact for
+    polynomials of degree 2·steps − 1 along the path.
+    """
+
+    name = "integrated-gradients"
+
+    def __init__(self, steps: int = 32, baseline: Tensor | float | None = None) -> None:
+        if steps < 1:
+            raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
+        self.steps = steps
+        self.passes_per_input = steps
+        self.baseline = baseline
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        self._alphas = [float(a) for a in 0.5 * (nodes + 1.0)]
+        self._weights = [float(w) for w in 0.5 * weights]
+
+    def attribute(self, model, x, target, precision="fp32"):
+        baseline = torch.zeros((), device=x.device) if self.baseline is None else self.baseline
+        baseline = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+        delta = x - baseline
+        total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        # One pass per quadrature node keeps memory at one chunk, whatever the number of steps.
+        for alpha, weight in zip(self._alphas, self._weights):
+            path_point = (baseline + alpha * delta).contiguous(memory_format=_format_of(x))
+            total += weight * input_gradient(model, path_point, target, precision)[0]
+        return delta.float() * total
+
+    def __repr__(self) -> str:
+        return f"IntegratedGradients(steps={self.steps})"
+
+
+def _format_of(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class GuidedBackprop(BaseMethod):
+    """Gradient with every ReLU's backward pass clamped at zero (Springenberg et al. 2015).
+
+    Only ``nn.ReLU`` and ``nn.ReLU6`` modules are modified (as Captum does for ``nn.ReLU``);
+    a ReLU applied as a function inside ``forward`` cannot be seen and is left as it is.
+    """
+
+    name = "guided-backprop"
+
+    def attribute(self, model, x, target, precision="fp32"):
+        return input_gradient(model, x, target, precision)[0]
+
+    @contextlib.contextmanager
+    def hooks(self, model: nn.Module) -> Iterator[None]:
+        others = sorted(
+            {
+                type(m).__name__
+                for m in model.modules()
+                if _is_activation(m) and not isinstance(m, _GUIDED_ACTIVATIONS)
+            }
+        )
+        if others:
+            raise ValueError(
+                "guided-backprop needs a model whose activations are all ReLU or ReLU6; "
+                f"this model also uses {', '.join(others)}"
+            )
+        handles = [
+            m.register_forward_hook(_clamp_gradient_hook)
+            for m in model.modules()
+            if isinstance(m, _GUIDED_ACTIVATIONS)
+        ]
+        if not handles:
+            raise ValueError("guided-backprop needs a model with nn.ReLU or nn.ReLU6 modules")
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _clamp_gradient_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    # A tensor hook rather than a custom autograd.Function: it survives in-place ReLUs and
+    # later in-place additions (ResNet's `out += identity`) that a Function's view would not.
+    if output.requires_grad:
+        output.register_hook(lambda grad: grad.clamp(min=0))
+
+
+def _is_activation(module: nn.Module) -> bool:
+    kind = type(module)
+    if kind.__module__ == "torch.nn.modules.activation":
+        return kind.__name__ not in ("MultiheadAttention", "Softmax", "LogSoftmax", "Softmin")
+    return kind.__module__.startswith("timm.layers.activations")
+
+
+BASE_METHODS: dict[str, type[BaseMethod]] = {
+    cls.name: cls for cls in (Gradient, InputXGradient, IntegratedGradients, GuidedBackprop)
+}
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The generator seed for noisy copy number ``sample``.
+
+    Noise depends on (seed, sample index) only, never on which image or chunk it lands in, so an
+    image's map is the same whatever else is in the run and however the work is chunked.
+    """
+    return int(np.random.SeedSequence([seed, sample]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class _Moments:
+    """Per-image running count, mean and sum of squared deviations (Chan et al.'s merge).
+
+    Float32 sums stay accurate for the variance because deviations, not raw squares, are summed.
+    """
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+
+    @classmethod
+    def zeros(cls, shape: torch.Size, device: torch.device) -> _Moments:
+        n = shape[0]
+        return cls(
+            torch.zeros(n, device=device),
+            torch.zeros(shape, dtype=torch.float32, device=device),
+            torch.zeros(shape, dtype=torch.float32, device=device),
+        )
+
+    def add(self, index: int, maps: Tensor) -> None:
+        m = maps.shape[0]
+        batch_mean = maps.mean(0)
+        batch_m2 = (maps - batch_mean).square().sum(0)
+        n_old = self.count[index]
+        n_new = n_old + m
+        delta = batch_mean - self.mean[index]
+        self.mean[index] += delta * (m / n_new)
+        self.m2[index] += batch_m2 + delta.square() * (n_old * m / n_new)
+        self.count[index] = n_new
+
+
+def aggregate(moments_mean: Tensor, moments_m2: Tensor, count: int, smoothing: str) -> Tensor:
+    """The smoothed map from running moments: mean, mean of squares or variance."""
+    if smoothing == "smoothgrad":
+        return moments_mean
+    if smoothing == "smoothgrad-sq":
+        return moments_m2 / count + moments_mean.square()
+    if smoothing == "vargrad":
+        return moments_m2 / count
+    raise ValueError(f"unknown smoothing {smoothing!r}: use one of {', '.join(SMOOTHINGS)}")
+
+
+class SmoothGrad:
+    """M̂_c(x) = (1/n) Σ M_c(x + N(0, σ²)), with σ = noise_level · (max(x) − min(x)) per image.
+
+    ``smoothing`` picks what is taken over the n noisy maps: their mean (SmoothGrad), the mean
+    of their squares (SmoothGrad²), their variance (VarGrad), or ``none`` for the base method
+    on the clean input. Noisy copies of all images are packed into chunks of ``batch_size``
+    rows (images × samples), so n copies of an image are never held at once.
+    """
+
+    def __init__(
+        self,
+        base: BaseMethod,
+        *,
+        smoothing: str = "smoothgrad",
+        noise_level: float = 0.15,
+        samples: int = 50,
+        seed: int = 0,
+        batch_size: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if smoothing not in SMOOTHINGS:
+            raise ValueError(f"unknown smoothing {smoothing!r}: use one of {', '.join(SMOOTHINGS)}")
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if not (noise_level >= 0 and math.isfinite(noise_level)):
+            raise ValueError(f"noise level must be a finite number >= 0, got {noise_level}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.base = base
+        self.smoothing = smoothing
+        self.noise_level = noise_level
+        self.samples = samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.precision = precision
+
+    @property
+    def rows_per_input(self) -> int:
+        return 1 if self.smoothing == "none" else self.samples
+
+    def attribute(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        target: Tensor | Sequence[int] | int,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_oom: Callable[[int], None] | None = None,
+    ) -> Tensor:
+        """Smoothed maps ``(N, C, H, W)`` in float32 for inputs ``x`` and one target each.
+
+        ``x`` is not modified. ``progress`` is told how many rows (noisy copies) each chunk
+        finished; ``on_oom`` is told the new chunk size when CUDA ran out of memory and the
+        chunk was halved.
+        """
+        x, target = _check_inputs(x, target)
+        device = _model_device(model)
+        precision = resolve_precision(self.precision, device)
+        memory_format = _input_format(model)
+        x = x.detach().to(device, torch.float32)
+        target = target.to(device)
+        n_inputs = x.shape[0]
+        rows = self.rows_per_input
+        chunk = self.batch_size or default_batch_size(device)
+
+        flat = x.reshape(n_inputs, -1)
+        sigma = self.noise_level * (flat.max(1).values - flat.min(1).values)
+        moments = _Moments.zeros(x.shape, device)
+        noise_cache = _NoiseCache(self.seed, x.shape[1:], device)
+        total_rows = n_inputs * rows
+
+        with self.base.hooks(model):
+            start = 0
+            while start < total_rows:
+                stop = min(start + chunk, total_rows)
+                row_ids = torch.arange(start, stop, device=device)
+                images = row_ids // rows
+                try:
+                    if self.smoothing == "none":
+                        batch = x[images]
+                    else:
+                        noise = noise_cache.get(list(range(start, stop)), rows)
+                        batch = x[images] + sigma[images, None, None, None] * noise
+                    batch = batch.contiguous(memory_format=memory_format)
+                    maps = self.base.attribute(model, batch, target[images], precision)
+                except torch.cuda.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    torch.cuda.empty_cache()
+                    if on_oom is not None:
+                        on_oom(chunk)
+                    continue
+                # Rows are image-major, so each image's rows in the chunk are one slice.
+                for image in range(start // rows, (stop - 1) // rows + 1):
+                    lo = max(start, image * rows) - start
+                    hi = min(stop, (image + 1) * rows) - start
+                    moments.add(image, maps[lo:hi])
+                if progress is not None:
+                    progress(stop - start)
+                start = stop
+
+        if self.smoothing == "none":
+            return moments.mean
+        return aggregate(moments.mean, moments.m2, rows, self.smoothing)
+
+
+class _NoiseCache:
+    """N(0, 1) noise per sample index, drawn on the device from a per-sample seed."""
+
+    def __init__(self, seed: int, shape: torch.Size, device: torch.device) -> None:
+        self.seed = seed
+        self.shape = tuple(shape)
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self._cache: dict[int, Tensor] = {}
+
+    def get(self, row_ids: list[int], rows_per_input: int) -> Tensor:
+        samples = [r % rows_per_input for r in row_ids]
+        # Consecutive chunks mostly ask for new sample indices, so keep only this chunk's.
+        wanted = dict.fromkeys(samples)
+        cache = {s: self._cache[s] for s in wanted if s in self._cache}
+        for s in wanted:
+            if s not in cache:
+                self.generator.manual_seed(sample_seed(self.seed, s))
+                cache[s] = torch.randn(
+                    self.shape, generator=self.generator, device=self.device, dtype=torch.float32
+                )
+        self._cache = cache
+        return torch.stack([cache[s] for s in samples])
+
+
+def default_batch_size(device: torch.device) -> int:
+    """A chunk size that works without a probe: small on CPUs, where caches favour small
+    chunks, larger on accelerators."""
+    return 8 if device.type == "cpu" else 64
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int = 32, precision: str = "fp32"
+) -> Tensor:
+    """Class probabilities (softmax of the scores), ``(N, classes)``, in float32."""
+    device = _model_device(model)
+    precision = resolve_precision(precision, device)
+    memory_format = _input_format(model)
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        batch = x[start : start + batch_size].to(device, torch.float32)
+        with autocast(device, precision):
+            scores = model(batch.contiguous(memory_format=memory_format))
+        out.append(scores.float().softmax(-1))
+    return torch.cat(out)

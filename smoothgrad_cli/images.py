@@ -1,0 +1,203 @@
+"""Finding input images and decoding them into RGB photos, whatever their format quirks."""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif",
+)  # fmt: skip
+
+#: Transparent pixels are composited onto white, the background most photos of objects
+#: with cut-out backgrounds (product shots, icons) were made to be seen on.
+BACKGROUND = (255, 255, 255)
+
+#: Pillow's own decompression-bomb limit, applied before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageError(Exception):
+    """An input that cannot be used; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class InputImage:
+    path: Path
+    #: where it sits below the common root of the inputs; outputs mirror this
+    relative: Path
+
+
+@dataclass(frozen=True)
+class MissingInput:
+    path: str
+    reason: str
+
+
+def discover(
+    inputs: Iterable[str], patterns: Iterable[str] | None = None
+) -> tuple[list[InputImage], list[MissingInput]]:
+    """Files, folders (recursively) and globs → images in a stable, sorted order.
+
+    Outputs mirror the inputs below their common root, so ``a/cat.jpg`` and ``b/cat.jpg``
+    never collide. Symlinked folders are followed once each, so a link loop cannot hang.
+    """
+    patterns = [p.lower() for p in patterns] if patterns else None
+    found: list[tuple[Path, Path]] = []  # (file, root it was found under)
+    missing: list[MissingInput] = []
+    seen: set[Path] = set()
+
+    def wanted(path: Path) -> bool:
+        name = path.name.lower()
+        if patterns is None:
+            return name.endswith(IMAGE_EXTENSIONS)
+        import fnmatch
+
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    def add(file: Path, root: Path) -> None:
+        key = Path(os.path.abspath(file))
+        if key not in seen:
+            seen.add(key)
+            found.append((file, root))
+
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            for file in _walk(path):
+                if wanted(file):
+                    add(file, path)
+        elif path.exists() or path.is_symlink():
+            add(path, path.parent)  # named explicitly: taken whatever its extension
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            files = [Path(m) for m in matches if not Path(m).is_dir() and wanted(Path(m))]
+            if not files:
+                missing.append(MissingInput(spec, "no image matches this pattern"))
+            root = Path(_glob_root(spec))
+            for file in files:
+                add(file, root)
+        else:
+            missing.append(MissingInput(spec, "no such file or folder"))
+
+    if not found:
+        return [], missing
+    roots = {os.path.abspath(root) for _, root in found}
+    common = Path(os.path.commonpath(sorted(roots)))
+    images = [
+        InputImage(file, Path(os.path.relpath(os.path.abspath(file), common)))
+        for file, _ in found
+    ]
+    return images, missing
+
+
+def _glob_root(pattern: str) -> str:
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _walk(folder: Path) -> list[Path]:
+    files: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symlink loop, or a second link to a folder already walked
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames.sort()
+        files.extend(Path(dirpath) / name for name in sorted(filenames))
+    return files
+
+
+def load_image(
+    path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB photo, upright.
+
+    Handles grayscale, palette, RGBA/LA (composited on ``BACKGROUND``), CMYK, 16-bit, EXIF
+    orientation and animated images (first frame). Raises ``ImageError`` with the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError("is a folder, not an image")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError("file vanished before it could be read") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+            # The header gives the size before any pixel is decoded: refuse bombs here.
+            pixels = image.width * image.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise ImageError(
+                    f"image of {image.width}×{image.height} = {pixels:,} pixels exceeds "
+                    f"--max-pixels {max_pixels:,} (possible decompression bomb)"
+                )
+            image.seek(0)  # animated GIF/PNG/WebP: the first frame
+            image.load()
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except FileNotFoundError:
+        raise ImageError("file vanished before it could be read") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = str(exc) or type(exc).__name__
+        if "truncated" in message.lower() or isinstance(exc, EOFError):
+            raise ImageError(f"truncated or corrupt image ({message})") from None
+        raise ImageError(f"cannot decode image ({message})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit integer grayscale: Pillow's convert("L") would clip at 255, so rescale.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("PA", "La"):
+        image = image.convert("RGBA")
+    mode = image.mode
+    if mode in ("RGBA", "LA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a grey half

