@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
+import re
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,24 +45,28 @@ class MissingInput:
 
 
 def discover(
-    inputs: Iterable[str], patterns: Iterable[str] | None = None
+    inputs: Iterable[str],
+    patterns: Iterable[str] | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> tuple[list[InputImage], list[MissingInput]]:
     """Files, folders (recursively) and globs → images in a stable, sorted order.
 
     Outputs mirror the inputs below their common root, so ``a/cat.jpg`` and ``b/cat.jpg``
     never collide. Symlinked folders are followed once each, so a link loop cannot hang.
+    Folders in ``exclude`` (the output folder) are never searched. A folder named like an
+    image (``x.jpg``) is listed too, so that it is reported, and searched like any other.
+    Folders that cannot be read come back in the second list with the reason.
     """
     patterns = [p.lower() for p in patterns] if patterns else None
     found: list[tuple[Path, Path]] = []  # (file, root it was found under)
     missing: list[MissingInput] = []
     seen: set[Path] = set()
+    excluded = {os.path.realpath(folder) for folder in exclude}
 
     def wanted(path: Path) -> bool:
         name = path.name.lower()
         if patterns is None:
             return name.endswith(IMAGE_EXTENSIONS)
-        import fnmatch
-
         return any(fnmatch.fnmatch(name, p) for p in patterns)
 
     def add(file: Path, root: Path) -> None:
@@ -68,17 +75,21 @@ def discover(
             seen.add(key)
             found.append((file, root))
 
+    def unreadable(error: OSError) -> None:
+        missing.append(
+            MissingInput(str(error.filename), f"cannot read folder ({error.strerror or error})")
+        )
+
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
-            for file in _walk(path):
-                if wanted(file):
-                    add(file, path)
+            for file in _walk(path, excluded, wanted, unreadable):
+                add(file, path)
         elif path.exists() or path.is_symlink():
             add(path, path.parent)  # named explicitly: taken whatever its extension
         elif glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=True))
-            files = [Path(m) for m in matches if not Path(m).is_dir() and wanted(Path(m))]
+            matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
+            files = [m for m in matches if wanted(m) and not _inside(os.path.realpath(m), excluded)]
             if not files:
                 missing.append(MissingInput(spec, "no image matches this pattern"))
             root = Path(_glob_root(spec))
@@ -92,10 +103,13 @@ def discover(
     roots = {os.path.abspath(root) for _, root in found}
     common = Path(os.path.commonpath(sorted(roots)))
     images = [
-        InputImage(file, Path(os.path.relpath(os.path.abspath(file), common)))
-        for file, _ in found
+        InputImage(file, Path(os.path.relpath(os.path.abspath(file), common))) for file, _ in found
     ]
     return images, missing
+
+
+def _inside(real: str, folders: set[str]) -> bool:
+    return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
 
 def _glob_root(pattern: str) -> str:
@@ -108,27 +122,38 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path, excluded: set[str], wanted, onerror) -> list[Path]:
+    """Files below ``folder`` that ``wanted`` accepts, folder by folder in sorted order; a
+    sub-folder that ``wanted`` accepts by name is listed as well (it is no image: the run
+    reports it) and searched."""
     files: list[Path] = []
     visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in visited:  # a symlink loop, or a second link to a folder already walked
+        if real in visited or _inside(real, excluded):
+            # a symlink loop, a second link to a folder already walked, or the output folder
             dirnames[:] = []
             continue
         visited.add(real)
         dirnames.sort()
-        files.extend(Path(dirpath) / name for name in sorted(filenames))
+        here = Path(dirpath)
+        entries = [name for name in filenames if wanted(here / name)]
+        entries += [
+            name
+            for name in dirnames
+            if wanted(here / name) and not _inside(os.path.realpath(here / name), excluded)
+        ]
+        files.extend(here / name for name in sorted(entries))
     return files
 
 
-def load_image(
-    path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``path`` into an 8-bit RGB photo, upright.
 
     Handles grayscale, palette, RGBA/LA (composited on ``BACKGROUND``), CMYK, 16-bit, EXIF
     orientation and animated images (first frame). Raises ``ImageError`` with the reason.
+    Images of more than ``max_pixels`` pixels (``None``: no limit) are refused from their
+    header, before any pixel is decoded.
     """
     path = Path(path)
     if path.is_dir():
@@ -136,22 +161,21 @@ def load_image(
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError("broken symbolic link") from None
         raise ImageError("file vanished before it could be read") from None
     except OSError as exc:
         raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
     if size == 0:
         raise ImageError("empty file (0 bytes)")
+    _allow_pillow_pixels(max_pixels)
     try:
-        with open(path, "rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with open(path, "rb") as handle:
             image = Image.open(handle)
             # The header gives the size before any pixel is decoded: refuse bombs here.
             pixels = image.width * image.height
             if max_pixels is not None and pixels > max_pixels:
-                raise ImageError(
-                    f"image of {image.width}×{image.height} = {pixels:,} pixels exceeds "
-                    f"--max-pixels {max_pixels:,} (possible decompression bomb)"
-                )
+                raise ImageError(_bomb_message(pixels, max_pixels))
             image.seek(0)  # animated GIF/PNG/WebP: the first frame
             image.load()
             return _to_rgb(image)
@@ -161,15 +185,49 @@ def load_image(
         raise ImageError("permission denied") from None
     except FileNotFoundError:
         raise ImageError("file vanished before it could be read") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageError("not an image file Pillow can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"refused as a possible decompression bomb ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check, in Image.open (the warning when a filter makes it an error).
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+        raise ImageError(_bomb_message(pixels, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         message = str(exc) or type(exc).__name__
         if "truncated" in message.lower() or isinstance(exc, EOFError):
             raise ImageError(f"truncated or corrupt image ({message})") from None
         raise ImageError(f"cannot decode image ({message})") from None
+
+
+def _bomb_message(pixels: int | None, max_pixels: int | None) -> str:
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    limit = f" (--max-pixels {max_pixels:,})" if max_pixels is not None else ""
+    return f"refused before decoding: {size} exceeds the limit{limit}, possible decompression bomb"
+
+
+_pillow_lock = threading.Lock()
+
+
+def _allow_pillow_pixels(max_pixels: int | None) -> None:
+    """Let Pillow open what ``max_pixels`` allows: its own limit only ever goes up, so it
+    never refuses an image below ours (ours is checked right after ``Image.open``)."""
+    with _pillow_lock:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is None:
+            return
+        if max_pixels is None:
+            Image.MAX_IMAGE_PIXELS = None
+        elif max_pixels > current:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def quiet_pillow_bomb_warnings() -> None:
+    """Pillow warns on stderr about images just over its limit; ``load_image`` refuses them
+    itself with a one-line reason, so a command-line run silences the warning (once, from
+    the main thread: ``warnings.catch_warnings`` is not thread-safe)."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
