@@ -123,9 +123,9 @@ def _glob_root(pattern: str) -> str:
 
 
 def _walk(folder: Path, excluded: set[str], wanted, onerror) -> list[Path]:
-    """Files below ``folder`` that ``wanted`` accepts, folder by folder in sorted order; a
-    sub-folder that ``wanted`` accepts by name is listed as well (it is no image: the run
-    reports it) and searched."""
+    """Files below ``folder`` that ``wanted`` accepts, sorted by their path. A sub-folder
+    that ``wanted`` accepts by name is listed as well (it is no image: the run reports it),
+    and searched."""
     files: list[Path] = []
     visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=True):
@@ -143,8 +143,9 @@ def _walk(folder: Path, excluded: set[str], wanted, onerror) -> list[Path]:
             for name in dirnames
             if wanted(here / name) and not _inside(os.path.realpath(here / name), excluded)
         ]
-        files.extend(here / name for name in sorted(entries))
-    return files
+        files.extend(here / name for name in entries)
+    # Sorted by path components: a/z.jpg, b/a.jpg, c.jpg, whatever order os.walk went in.
+    return sorted(files, key=lambda path: path.parts)
 
 
 def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -71,7 +71,10 @@ class Report:
             if self.json_lines:
                 self._print_json(result.to_json())
 
-    def failed(self, path: str | os.PathLike, reason: str, exc: BaseException | None = None) -> None:
+    def failed(
+        self, path: str | os.PathLike, reason: str, exc: BaseException | None = None
+    ) -> None:
+        reason = " ".join(str(reason).split())  # one line, whatever the exception said
         with self._lock:
             self.failures.append((str(path), reason))
             self.err.print(f"error: {escape(str(path))}: {escape(reason)}")

@@ -7,6 +7,7 @@ import errno
 import math
 import os
 import platform
+import re
 import signal
 import tempfile
 import threading
@@ -23,7 +24,14 @@ import torch
 from PIL import Image
 
 from . import engine, render
-from .images import DEFAULT_MAX_PIXELS, ImageError, InputImage, discover, load_image
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    InputImage,
+    discover,
+    load_image,
+    quiet_pillow_bomb_warnings,
+)
 from .models import LoadedModel, ModelError, load_model
 from .report import ImageResult, Manifest, MapResult, Report
 
@@ -140,6 +148,41 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
+#: ``render.atomic_write``'s temporary files: ``.<name>.<8 random characters>.tmp``
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(images: list[InputImage], options: ExplainOptions) -> int:
+    """Delete the temporary files a killed run (``kill -9``, a crash) left beside the outputs
+    this run is about to write. Ctrl-C and ``kill`` clean up after themselves; only a
+    process that could not run its clean-up leaves one. Returns how many were removed."""
+    wanted: dict[Path, set[str]] = {}
+    for image in images:
+        for files in output_names(image.relative, options):
+            for path in files.values():
+                wanted.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue  # not made yet: nothing to clean
+        for entry in entries:
+            match = _TEMPORARY.match(entry)
+            if match and match["name"] in names:
+                try:
+                    os.unlink(folder / entry)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def _error_entry(path: str | os.PathLike, reason: str) -> dict[str, Any]:
+    return {"input": str(path), "status": "error", "outputs": [], "class": None,
+            "class_index": None, "probability": None, "maps": [], "error": reason}
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in ("smoothgrad", "torch", "torchvision", "timm"):
@@ -170,6 +213,13 @@ def run_explain(
         precision = engine.resolve_precision(options.precision, device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # Inputs and the output folder are checked before the model loads: a typo or a folder
+    # that cannot be written is reported now, not after a download or an hour of compute.
+    images, missing = discover(options.inputs, options.patterns, exclude=[options.output])
+    if not images and not missing:
+        raise UsageError("no input images given")
+    check_writable(options.output)
+    quiet_pillow_bomb_warnings()
     try:
         loaded = load_model(options.model, options.weights)
     except ModelError as exc:
@@ -201,12 +251,21 @@ def run_explain(
         precision=precision,
     )
 
-    images, missing = discover(options.inputs, options.patterns)
-    if not images and not missing:
-        raise UsageError("no input images given")
+    common = {
+        "parameters": {**options.parameters(), "precision": precision},
+        "seed": options.seed,
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "device": str(device),
+        "versions": package_versions(),
+    }
+    manifest = Manifest(options.output / "manifest.jsonl", common)
     for item in missing:
         report.failed(item.path, item.reason)
-    check_writable(options.output)
+        manifest.record(_error_entry(item.path, item.reason))
+    if missing and options.fail_fast:
+        manifest.close()
+        return report.exit_code
 
     if options.skip_existing:
         todo = []
@@ -217,15 +276,8 @@ def run_explain(
             else:
                 todo.append(image)
         images = todo
+    remove_stale_temporaries(images, options)
 
-    common = {
-        "parameters": {**options.parameters(), "precision": precision},
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "device": str(device),
-        "versions": package_versions(),
-    }
-    manifest = Manifest(options.output / "manifest.jsonl", common)
     pipeline = _Pipeline(options, report, manifest, loaded, model, smoother, targets_fixed)
     previous = _terminate_as_interrupt()
     try:
@@ -299,6 +351,8 @@ class _Pipeline:
                     if good:
                         self._explain(good, writer, pending_writes, progress)
                     self._collect(pending_writes, block=False)
+                    # Writers behind the model: wait, rather than hold every map in memory.
+                    self._collect(pending_writes, block=True, keep=4 * options.workers)
                 self._collect(pending_writes, block=True)
         finally:
             decoder.shutdown(wait=False, cancel_futures=True)
@@ -369,6 +423,8 @@ class _Pipeline:
             item.tensor = None
 
     def _said_oom(self, chunk: int) -> None:
+        # Later engine calls start at the halved size instead of running out again.
+        self.smoother.batch_size = chunk
         if not self.oom_said:
             self.oom_said = True
             self.report.warn(f"CUDA out of memory: chunk size halved to {chunk} and retried")
@@ -379,7 +435,7 @@ class _Pipeline:
         box = (
             self.loaded.crop_box(*item.photo.size) if item.photo is not None else None
         )
-        for attribution, files, result in zip(maps, names, results):
+        for attribution, files, result in zip(maps, names, results, strict=True):
             magnitude = render.magnitude_map(attribution, options.percentile)
             if options.diverging:
                 picture = render.diverging(
@@ -402,8 +458,9 @@ class _Pipeline:
                 render.save_npy(attribution, files["raw"])
             result.outputs = {kind: str(path) for kind, path in files.items()}
 
-    def _collect(self, pending, *, block: bool, quiet: bool = False) -> None:
-        while pending and (block or pending[0][0].done()):
+    def _collect(self, pending, *, block: bool, quiet: bool = False, keep: int = 0) -> None:
+        """Report finished writes, oldest first; ``block``: wait until ``keep`` are left."""
+        while len(pending) > keep and (block or pending[0][0].done()):
             future, item, results = pending.popleft()
             try:
                 future.result()
@@ -413,7 +470,9 @@ class _Pipeline:
                 reason = f"cannot write output ({exc.strerror or exc})"
                 if exc.errno in _FATAL_WRITE_ERRORS:
                     # Every later image would fail the same way: stop now, not in an hour.
-                    self.report.failed(item.image.path, f"{reason}; stopping the run", exc)
+                    reason = f"{reason}; stopping the run"
+                    self.report.failed(item.image.path, reason, exc)
+                    self._record(_error_entry(item.image.path, reason), fatal=False)
                     raise _Abort from None
                 self._fail(item.image.path, reason, exc)
                 continue
@@ -426,14 +485,40 @@ class _Pipeline:
                 item.photo = None
             result = ImageResult(str(item.image.path), results)
             self.report.done(result)
-            self.manifest.record({"input": str(item.image.path), "status": "ok",
-                                  "maps": [asdict(m) for m in results]})
+            top = results[0]
+            self._record(
+                {
+                    "input": str(item.image.path),
+                    "status": "ok",
+                    "outputs": [path for m in results for path in m.outputs.values()],
+                    "class": top.class_name,
+                    "class_index": top.class_index,
+                    "probability": top.probability,
+                    "maps": [asdict(m) for m in results],
+                    "error": None,
+                },
+                fatal=not quiet,
+            )
 
     def _fail(self, path, reason: str, exc: BaseException | None) -> None:
         self.report.failed(path, reason, exc)
-        self.manifest.record({"input": str(path), "status": "error", "error": reason})
+        self._record(_error_entry(path, reason))
         if self.options.fail_fast:
             raise _FailFast
+
+    def _record(self, entry: dict[str, Any], fatal: bool = True) -> None:
+        """Append to the manifest; a manifest that cannot be written stops the run."""
+        try:
+            self.manifest.record(entry)
+        except OSError as exc:
+            if not fatal:
+                return
+            self.report.failed(
+                self.manifest.path,
+                f"cannot write the manifest ({exc.strerror or exc}); stopping the run",
+                exc,
+            )
+            raise _Abort from None
 
 
 class _Abort(KeyboardInterrupt):
