@@ -85,7 +85,9 @@ class LoadedModel:
         import difflib
 
         close = difflib.get_close_matches(wanted, lowered, n=3)
-        hint = f"; did you mean {', '.join(repr(self.categories[lowered.index(c)]) for c in close)}?"
+        hint = (
+            f"; did you mean {', '.join(repr(self.categories[lowered.index(c)]) for c in close)}?"
+        )
         raise ValueError(f"unknown class name {target!r} for {self.name}" + (hint if close else ""))
 
 
@@ -170,7 +172,9 @@ def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
         default = enum.DEFAULT
         state = _read_state_dict(weights)
         num_classes = _num_classes(state, default)
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(
+            name, weights=None, num_classes=num_classes, **_builder_kwargs(name, state)
+        )
         _load_state(model, state, weights)
         categories = (
             list(default.meta["categories"])
@@ -186,24 +190,33 @@ def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
         raise ModelError(
             f"unknown weights {weights!r} for {name}: use one of {choices}, or a local file"
         ) from None
-    model = torchvision.models.get_model(name, weights=None)
     checkpoint = _checkpoint_path(chosen)
+    was_cached = checkpoint.is_file()
     try:
-        state = chosen.get_state_dict(progress=False, check_hash=False)
+        # torchvision's builder, not weights=None + load_state_dict: some builders adapt the
+        # network to its weights (googlenet/inception_v3 transform_input, ViT SWAG image size).
+        model = torchvision.models.get_model(name, weights=chosen, progress=False)
     except Exception as exc:  # any failure to fetch: no network, proxy, disk, bad file
+        if was_cached:
+            raise ModelError(
+                f"cached weights {checkpoint} for {name} cannot be loaded "
+                f"({type(exc).__name__}): delete the file to download it again, "
+                f"or pass a local state dict with --weights FILE"
+            ) from exc
         raise ModelError(
             f"weights {chosen} for {name} are not cached and could not be downloaded "
             f"({type(exc).__name__}): need {checkpoint.name} in {checkpoint.parent} "
             f"(TORCH_HOME={torch_home()}), or pass a local state dict with --weights FILE"
         ) from exc
-    model.load_state_dict(state)
     return LoadedModel(
         name, chosen.name, model.eval(), chosen.transforms(), list(chosen.meta["categories"])
     )
 
 
 def _looks_like_file(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or Path(weights).suffix != "" or Path(weights).exists()
+    return (
+        os.sep in weights or "/" in weights or Path(weights).suffix != "" or Path(weights).exists()
+    )
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -228,9 +241,20 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
+def _builder_kwargs(name: str, state: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+    """What torchvision's builder sets when it is given weights and ``weights=None`` does not:
+    googlenet and inception_v3 weights expect ``transform_input``; their auxiliary heads are
+    in a state dict only when it was saved with them."""
+    if name in ("googlenet", "inception_v3"):
+        aux = any(k.startswith(("aux1.", "AuxLogits.")) for k in state)
+        return {"transform_input": True, "aux_logits": aux, "init_weights": False}
+    return {}
+
+
 def _num_classes(state: Mapping[str, torch.Tensor], default_weights) -> int:
-    """The class count of a state dict: the output size of its last 2-D weight."""
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    """The class count of a state dict: the output size of its last weight of 2 or more
+    dimensions (a linear layer, or squeezenet's 1×1 convolution)."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
     if matrices:
         return int(matrices[-1].shape[0])
     return len(default_weights.meta["categories"])
@@ -322,8 +346,6 @@ def _load_embedded(weights: str | None) -> LoadedModel:
         interpolation=InterpolationMode.BICUBIC,
     )
     categories = (
-        imagenet_categories()
-        if num_classes == 1000
-        else [f"class {i}" for i in range(num_classes)]
+        imagenet_categories() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     )
     return LoadedModel(EMBEDDED, label, model.eval(), transform, categories)
