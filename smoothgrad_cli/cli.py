@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -300,17 +299,32 @@ def _usage_error(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _click_exceptions():
+    """The exceptions of the click that typer runs on: its own copy from typer 0.2x on (where
+    the ``click`` package may not even be installed), ``click`` itself before."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr and exit code 2."""
+    errors = _click_exceptions()
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as exc:
-        print(f"smoothgrad: error: {exc.format_message()}", file=sys.stderr)
+    except errors.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `smoothgrad`: the help, as is
+            if exc.format_message().strip():
+                print(exc.format_message(), file=sys.stderr)
+        else:
+            print(f"smoothgrad: error: {exc.format_message()}", file=sys.stderr)
         code = EXIT_USAGE
-    except click.Abort:
+    except (typer.Abort, getattr(errors, "Abort", typer.Abort)):
         print("interrupted", file=sys.stderr)
         code = 130
-    except click.ClickException as exc:
+    except errors.ClickException as exc:
         print(f"smoothgrad: error: {exc.format_message()}", file=sys.stderr)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
