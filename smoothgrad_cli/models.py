@@ -78,8 +78,16 @@ class LoadedModel:
                     f"{len(self.categories)} classes (0–{len(self.categories) - 1})"
                 )
             return index
+        if target.strip() in self.categories:  # exact case first: "Cardigan" ≠ "cardigan"
+            return self.categories.index(target.strip())
         lowered = [c.lower() for c in self.categories]
         wanted = target.strip().lower()
+        if lowered.count(wanted) > 1:
+            found = [f"{i} ({self.categories[i]!r})" for i, c in enumerate(lowered) if c == wanted]
+            raise ValueError(
+                f"class name {target!r} is ambiguous for {self.name}: {', '.join(found)}; "
+                "give the index or the exact name"
+            )
         if wanted in lowered:
             return lowered.index(wanted)
         import difflib

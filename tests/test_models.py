@@ -222,6 +222,14 @@ def test_class_index_unknown_name_suggests_close_names(lite0):
         lite0.class_index("not a class")
 
 
+def test_class_index_names_differing_only_in_case(lite0):
+    """ImageNet has "Cardigan" (the corgi, 264) and "cardigan" (the sweater, 474)."""
+    assert lite0.class_index("Cardigan") == 264
+    assert lite0.class_index("cardigan") == 474
+    with pytest.raises(ValueError, match=r"'CARDIGAN' is ambiguous.*264 \('Cardigan'\).*474"):
+        lite0.class_index("CARDIGAN")
+
+
 def test_class_index_out_of_range(lite0):
     with pytest.raises(ValueError, match=r"class index 1000 out of range.*1000 classes"):
         lite0.class_index("1000")
