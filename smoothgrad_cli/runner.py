@@ -3,6 +3,7 @@ threads beside the model so that it never waits on the disk."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -206,7 +207,20 @@ def run_explain(
     report: Report,
     progress_factory: Callable[[int], Any] | None = None,
 ) -> int:
-    """Explain every input; return the exit code. Usage problems raise ``UsageError``."""
+    """Explain every input; return the exit code. Usage problems raise ``UsageError``.
+
+    Ctrl-C or ``kill`` (SIGTERM) during the work: the writes in flight finish, the exit code
+    is 130 and the report has what was done; before the work starts, ``KeyboardInterrupt``.
+    """
+    with _terminate_as_interrupt():
+        return _run_explain(options, report, progress_factory)
+
+
+def _run_explain(
+    options: ExplainOptions,
+    report: Report,
+    progress_factory: Callable[[int], Any] | None,
+) -> int:
     options.validate()
     try:
         device = engine.resolve_device(options.device)
@@ -279,7 +293,6 @@ def run_explain(
     remove_stale_temporaries(images, options)
 
     pipeline = _Pipeline(options, report, manifest, loaded, model, smoother, targets_fixed)
-    previous = _terminate_as_interrupt()
     try:
         pipeline.run(images, progress_factory)
     except _Abort:
@@ -287,20 +300,26 @@ def run_explain(
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
         manifest.close()
     return report.exit_code
 
 
-def _terminate_as_interrupt():
-    """``kill`` (SIGTERM) stops like Ctrl-C: finish the writes in flight, then report."""
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops like Ctrl-C: finish the writes in flight, then report. Only
+    the main thread can set signal handlers; elsewhere SIGTERM keeps its own."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
-        return signal.getsignal(signal.SIGTERM)
-    return signal.signal(signal.SIGTERM, handler)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Pipeline:
