@@ -281,6 +281,7 @@ def _run_explain(
         manifest.close()
         return report.exit_code
 
+    remove_stale_temporaries(images, options)
     if options.skip_existing:
         todo = []
         for image in images:
@@ -290,7 +291,6 @@ def _run_explain(
             else:
                 todo.append(image)
         images = todo
-    remove_stale_temporaries(images, options)
 
     pipeline = _Pipeline(options, report, manifest, loaded, model, smoother, targets_fixed)
     try:
@@ -422,9 +422,20 @@ class _Pipeline:
             if progress is not None:
                 progress.advance(n_rows / per_image_rows)
 
-        maps = self.smoother.attribute(
-            self.model, item_x, item_t, progress=advance, on_oom=self._said_oom
-        ).cpu().numpy()
+        try:
+            maps = self.smoother.attribute(
+                self.model, item_x, item_t, progress=advance, on_oom=self._said_oom
+            ).cpu().numpy()
+        except torch.cuda.OutOfMemoryError as exc:
+            # Even one noisy copy at a time does not fit: every image would fail the same way.
+            reason = (
+                "CUDA out of memory even one noisy copy at a time; stopping the run "
+                "(try a smaller model or --device cpu)"
+            )
+            for item in good:
+                self.report.failed(item.image.path, reason, exc)
+                self._record(_error_entry(item.image.path, reason), fatal=False)
+            raise _Abort from None
         k = len(classes[0])
         for i, item in enumerate(good):
             results = [

@@ -397,6 +397,25 @@ def test_cli_says_oom_once_and_maps_are_unchanged(tmp_path, monkeypatch):
         )
 
 
+def test_oom_even_at_one_row_stops_the_run_with_one_line_per_image(tmp_path, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(noise(24, 24, i)).save(src / f"{i}.png")
+    monkeypatch.setattr(_OOMAbove, "limit", 0)
+    monkeypatch.setitem(engine.BASE_METHODS, "gradient", _OOMAbove)
+    # two images per engine call: the first call fails for both, the run stops there
+    result = explain(str(src), "-o", str(out), "-n", "2", "--batch-size", "4", "-q")
+    assert result.exit_code == 1
+    reason = "CUDA out of memory even one noisy copy at a time; stopping the run"
+    assert [line.split(": ", 2)[1:] for line in error_lines(result.stderr)] == [
+        [str(src / name), f"{reason} (try a smaller model or --device cpu)"]
+        for name in ("0.png", "1.png")
+    ]
+    assert "Traceback" not in result.output
+    assert [line["status"] for line in manifest(out)] == ["error", "error"]
+
+
 def test_pipeline_oom_message_path_says_it_once():
     report = Report()
     messages = []
