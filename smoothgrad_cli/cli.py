@@ -251,6 +251,41 @@ def models_command(
     )
 
 
+@app.command("check")
+def check_command(
+    spec: Annotated[Path, typer.Argument(help="The TOML spec: [defaults] and [[case]] tables.")],
+    junit: Annotated[
+        Path | None, typer.Option(help="Also write a JUnit XML report (one test per check).")
+    ] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per check.")] = False,
+    update_golden: Annotated[
+        bool, typer.Option(help="Write or refresh the golden maps named in the spec.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides the spec).")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Predictions per case, tracebacks.")
+    ] = False,
+) -> None:
+    """Check what a model looks at: expected classes, regions, golden maps, sanity.
+
+    Exit 0 when every check passes, 1 when any fails, 2 when the spec is invalid.
+    """
+    from .check import check_main
+
+    raise typer.Exit(
+        check_main(
+            spec,
+            junit=junit,
+            json_lines=json_lines,
+            update_golden=update_golden,
+            device=device,
+            verbose=verbose,
+        )
+    )
+
+
 def _progress(console: Console):
     def factory(total: int) -> _ProgressBar:
         return _ProgressBar(console, total)
