@@ -155,10 +155,20 @@ def explain(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Noisy copies per forward/backward chunk (default: chosen for the device).",
+            help="Noisy copies per forward/backward chunk (default: timed once per model, "
+            "device, input size and precision, then cached; see SMOOTHGRAD_CACHE_DIR).",
             rich_help_panel=_RUN,
         ),
     ] = None,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the model first (says how long it took; kernels cached in "
+            "the cache folder): worth it for folders on GPUs, not for a few images.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
     skip_existing: Annotated[
         bool,
         typer.Option(help="Skip images whose outputs all exist (resume).", rich_help_panel=_RUN),
@@ -204,6 +214,7 @@ def explain(
         top_k=top_k,
         device=device,
         precision=precision,
+        compile=compile_model,
         percentile=percentile,
         cmap=cmap,
         overlay=overlay,

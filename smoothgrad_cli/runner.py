@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import engine, render
+from . import engine, render, tuning
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -58,6 +58,7 @@ class ExplainOptions:
     top_k: int = 1
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # torch.compile the model (worth it for folders)
     percentile: float = render.DEFAULT_PERCENTILE
     cmap: str | None = None
     overlay: bool = False
@@ -248,7 +249,8 @@ def _run_explain(
         raise UsageError(f"--top-k {options.top_k} exceeds the model's "
                          f"{len(loaded.categories)} classes")
     base = build_base_method(options, loaded)
-    model = engine.prepare_model(loaded.model, device)
+    input_shape = (3, loaded.crop_size, loaded.crop_size)
+    model = engine.prepare_model(loaded.model, device, input_shape=input_shape)
     if isinstance(base, engine.GuidedBackprop):
         try:
             with base.hooks(model):
@@ -292,7 +294,21 @@ def _run_explain(
                 todo.append(image)
         images = todo
 
+    attribution_model = model
+    try:
+        if images:
+            # The chunk size (cached, else a short probe) and --compile, before any image.
+            smoother.batch_size, attribution_model = tuning.plan_run(
+                model, device, input_shape, precision, batch_size=options.batch_size,
+                compile=options.compile and not isinstance(base, engine.GuidedBackprop),
+                model_name=loaded.name, say=lambda m: report.err.print(m, markup=False),
+            )
+    except KeyboardInterrupt:
+        report.interrupted = True
+        manifest.close()
+        return report.exit_code
     pipeline = _Pipeline(options, report, manifest, loaded, model, smoother, targets_fixed)
+    pipeline.attribution_model = attribution_model
     try:
         pipeline.run(images, progress_factory)
     except _Abort:
@@ -338,6 +354,7 @@ class _Pipeline:
         self.manifest = manifest
         self.loaded = loaded
         self.model = model
+        self.attribution_model = model  # compiled with --compile
         self.smoother = smoother
         self.fixed_target = fixed_target
         self.oom_said = False
@@ -424,7 +441,7 @@ class _Pipeline:
 
         try:
             maps = self.smoother.attribute(
-                self.model, item_x, item_t, progress=advance, on_oom=self._said_oom
+                self.attribution_model, item_x, item_t, progress=advance, on_oom=self._said_oom
             ).cpu().numpy()
         except torch.cuda.OutOfMemoryError as exc:
             # Even one noisy copy at a time does not fit: every image would fail the same way.

@@ -25,3 +25,22 @@ def lite0():
     from smoothgrad_cli.models import load_model
 
     return load_model()
+
+
+# --- the chunk-size cache (smoothgrad_cli/tuning.py) -----------------------------------------
+
+
+@_pytest.fixture(scope="session", autouse=True)
+def _chunk_size_cache(tmp_path_factory):
+    """Every run in the tests, in-process or a subprocess, caches its chunk-size probe in a
+    temporary folder, never in the user's ~/.cache (one probe per model and size a session)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("smoothgrad-cache")
+    before = os.environ.get("SMOOTHGRAD_CACHE_DIR")
+    os.environ["SMOOTHGRAD_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SMOOTHGRAD_CACHE_DIR", None)
+    else:
+        os.environ["SMOOTHGRAD_CACHE_DIR"] = before

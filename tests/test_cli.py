@@ -49,7 +49,7 @@ def coffee(sample_images) -> Path:
 @pytest.fixture(scope="module")
 def prepared(lite0) -> torch.nn.Module:
     """The embedded model as the runner prepares it (a copy: the shared one stays as is)."""
-    return engine.prepare_model(copy.deepcopy(lite0.model), "cpu")
+    return engine.prepare_model(copy.deepcopy(lite0.model), "cpu", input_shape=(3, 224, 224))
 
 
 def engine_map(lite0, model, photo: Path, target: int, **options) -> np.ndarray:
