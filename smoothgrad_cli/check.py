@@ -508,6 +508,7 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
 
     cases: list[Case] = []
     seen: set[str] = set()
+    goldens: dict[Path, str] = {}
     for number, table in enumerate(raw_cases, start=1):
         name = table.get("name")
         label = f'case "{name}"' if isinstance(name, str) and name.strip() else f"case #{number}"
@@ -518,7 +519,15 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
         if name in seen:
             raise where.error("name", "used by an earlier case; names must be unique")
         seen.add(name)
-        cases.append(_parse_case(where, name, table, defaults, root))
+        case = _parse_case(where, name, table, defaults, root)
+        if case.golden is not None:
+            other = goldens.get(case.golden.resolve())
+            if other is not None:
+                raise where.error(
+                    "golden", f'{case.golden_text} is also the golden of case "{other}"'
+                )
+            goldens[case.golden.resolve()] = name
+        cases.append(case)
     return Spec(path=path, cases=cases, device=device)
 
 
@@ -773,6 +782,7 @@ class Checker:
     ) -> None:
         self.spec = spec
         self.device_text = device or spec.device
+        self.device_from_cli = device is not None
         self.update_golden = update_golden
         self.log = log or (lambda message: None)
         self.verbose = verbose
@@ -789,9 +799,8 @@ class Checker:
         try:
             self.device = engine.resolve_device(self.device_text)
         except ValueError as exc:
-            where = "--device" if self.device_text != self.spec.device else None
-            if where:
-                raise SpecError(f"{where}: {exc}") from None
+            if self.device_from_cli:
+                raise SpecError(f"--device: {exc}") from None
             raise _Where(str(self.spec.path), "defaults").error("device", str(exc)) from None
         self.models: dict[tuple[str, str | None], _Prepared] = {}
         self.targets: dict[str, int | None] = {}
@@ -1262,29 +1271,31 @@ def junit_xml(run: CheckRun, suite: str = "smoothgrad check") -> bytes:
 
 
 def results_table(run: CheckRun):
+    """Case, check, measured value, threshold, pass/fail (and why, for failures)."""
     from rich.markup import escape
     from rich.table import Table
 
+    notes = any(not r.passed for r in run.results)
     table = Table(show_edge=False, pad_edge=False)
-    for column, justify in (
-        ("case", "left"),
-        ("check", "left"),
-        ("measured", "right"),
-        ("threshold", "left"),
-        ("result", "left"),
-        ("note", "left"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")
+    table.add_column("case", overflow="fold")
+    table.add_column("check", no_wrap=True)
+    table.add_column("measured", justify="right", no_wrap=True)
+    table.add_column("threshold", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    if notes:
+        table.add_column("note", overflow="fold", ratio=1)
     last = None
     for r in run.results:
-        table.add_row(
+        row = [
             escape(r.case) if r.case != last else "",
             r.check,
             escape(r.measured),
             escape(r.threshold),
             "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]",
-            escape(r.message) if not r.passed else "",
-        )
+        ]
+        if notes:
+            row.append(escape(r.message) if not r.passed else "")
+        table.add_row(*row)
         last = r.case
     return table
 
@@ -1316,6 +1327,8 @@ def check_main(
     from rich.console import Console
 
     out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = max(out.width, 140)  # CI logs: keep each check on one line
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def log(message: str) -> None:
