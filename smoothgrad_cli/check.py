@@ -814,7 +814,10 @@ class Checker:
                 except ModelError as exc:
                     key = "weights" if s.weights and "weights" in str(exc) else "model"
                     raise self._setting_error(case, key, str(exc)) from None
-                model = engine.prepare_model(loaded.model, self.device)
+                # Prepared as `explain` prepares it, so its --save-raw maps serve as goldens.
+                model = engine.prepare_model(
+                    loaded.model, self.device, input_shape=(3, loaded.crop_size, loaded.crop_size)
+                )
                 self.models[s.model_key] = _Prepared(loaded, model, len(randomisable_layers(model)))
             prepared = self.models[s.model_key]
             try:

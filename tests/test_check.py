@@ -358,16 +358,18 @@ def test_cli_invalid_spec_exits_2_with_one_line(tmp_path):
 # running cases on the sample photos (the embedded model, loaded once)
 
 
-@pytest.fixture(scope="session")
-def lite0():
+@pytest.fixture(scope="module")
+def check_model():
+    """The embedded model for this module only: the checker prepares it in place, so it is
+    not conftest's shared ``lite0``."""
     return load_model(EMBEDDED)
 
 
 @pytest.fixture()
-def loader(lite0):
+def loader(check_model):
     def load(name, weights):
         assert (name, weights) == (EMBEDDED, None)
-        return lite0
+        return check_model
 
     return load
 
@@ -526,10 +528,15 @@ def _digest(path: Path) -> tuple[str, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
 
 
-def test_sanity_randomises_a_copy_never_the_model(tmp_path, lite0, loader):
+def test_sanity_randomises_a_copy_never_the_model(tmp_path, check_model, loader):
     weights_file = embedded_weights_file()
     file_before = _digest(weights_file)
-    params_before = _state(lite0.model)
+    Checker(
+        parse_spec(_spec(tmp_path, f'name = "p"\nimage = "{COFFEE}"\nexpect_class = 1')),
+        device="cpu",
+        loader=loader,
+    ).prepare()  # fold BatchNorm etc. before comparing
+    params_before = _state(check_model.model)
     path = _write(
         tmp_path,
         f"""
@@ -561,7 +568,7 @@ def test_sanity_randomises_a_copy_never_the_model(tmp_path, lite0, loader):
     assert "not explaining this model" in by["impossible", "sanity"].message
     assert by["impossible", "sanity"].value == pytest.approx(by["last", "sanity"].value)
     # nothing was written back into the user's model or its file
-    for key, value in lite0.model.state_dict().items():
+    for key, value in check_model.model.state_dict().items():
         assert torch.equal(value.cpu(), params_before[key].cpu()), key
     assert _digest(weights_file) == file_before
     assert run.exit_code == 1
@@ -689,3 +696,30 @@ def test_example_spec_passes_through_the_cli(tmp_path):
     assert int(suite.get("tests")) >= 8 and suite.get("failures") == "0"
     names = {c.get("name") for c in suite.findall("testcase")}
     assert {"expect_class", "min_mass", "pointing", "sanity"} <= names
+
+
+def test_explain_save_raw_serves_as_golden(tmp_path, loader):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["explain", str(COFFEE), "-n", "2", "--seed", "4", "--save-raw", "--batch-size", "3",
+         "--precision", "fp32", "-o", str(out), "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    path = _write(
+        tmp_path,
+        f"""
+        [defaults]
+        samples = 2
+        seed = 4
+        [[case]]
+        name = "coffee"
+        image = "{COFFEE}"
+        golden = "out/coffee.png.raw.npy"
+        min_rank_correlation = 0.999
+        max_mean_abs_diff = 1e-4
+        """,
+    )
+    run = Checker(parse_spec(path), device="cpu", loader=loader).run()
+    assert run.exit_code == 0, [r.message for r in run.results]
+    assert _by(run)["coffee", "min_rank_correlation"].value > 0.999
