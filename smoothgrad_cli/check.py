@@ -260,7 +260,9 @@ class Sanity:
 
     @property
     def label(self) -> str:
-        return f"{self.layers} layer(s)" if isinstance(self.layers, int) else str(self.layers)
+        if isinstance(self.layers, int):
+            return f"top {self.layers} layer{'s' if self.layers > 1 else ''}"
+        return str(self.layers)
 
 
 @dataclass

@@ -379,6 +379,11 @@ def _by(run):
 
 
 def test_verdicts_pass_and_fail(tmp_path, loader, capsys):
+    from PIL import Image
+
+    cup = np.zeros((400, 600), dtype=np.uint8)
+    cup[15:310, 170:410] = 255  # the same pixels as the box [170, 15, 410, 310]
+    Image.fromarray(cup).save(tmp_path / "cup.png")
     # coffee view (the 224 crop) is x 125–475, y 25–375 of the 600×400 photo
     path = _write(
         tmp_path,
@@ -399,6 +404,18 @@ def test_verdicts_pass_and_fail(tmp_path, loader, capsys):
         region = [430, 330, 475, 375]
         min_mass = 0.2
         pointing = true
+        [[case]]
+        name = "cup-mask"
+        image = "{COFFEE}"
+        mask = "cup.png"
+        min_mass = 0.6
+        pointing = true
+        [[case]]
+        name = "near-corner"
+        image = "{COFFEE}"
+        region = [430, 330, 475, 375]
+        pointing = true
+        pointing_tolerance = 400
         [[case]]
         name = "outside"
         image = "{COFFEE}"
@@ -426,6 +443,9 @@ def test_verdicts_pass_and_fail(tmp_path, loader, capsys):
         ("cup", "pointing", True),
         ("corner", "min_mass", False),
         ("corner", "pointing", False),
+        ("cup-mask", "min_mass", True),
+        ("cup-mask", "pointing", True),
+        ("near-corner", "pointing", True),
         ("outside", "min_mass", False),
         ("wrong-class", "expect_class", False),
         ("cat", "expect_class", True),
@@ -436,6 +456,8 @@ def test_verdicts_pass_and_fail(tmp_path, loader, capsys):
     assert by["cup", "min_mass"].details["area_share"] == pytest.approx(0.558, abs=1e-3)
     assert by["corner", "min_mass"].value < 0.05
     assert by["corner", "pointing"].value > 50  # px from the box
+    assert by["cup-mask", "min_mass"].value == pytest.approx(by["cup", "min_mass"].value)
+    assert by["near-corner", "pointing"].value == by["corner", "pointing"].value
     assert by["outside", "min_mass"].value == 0
     assert "0% of the region is in the model's view" in by["outside", "min_mass"].message
     assert "expected 'goldfish' within the top 5" in by["wrong-class", "expect_class"].message
