@@ -19,10 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import __version__, engine, render
+from . import __version__
 from .images import DEFAULT_MAX_PIXELS
+from .render import DEFAULT_PERCENTILE
 from .report import EXIT_USAGE, Report
-from .runner import ExplainOptions, UsageError, run_explain
 
 app = typer.Typer(
     name="smoothgrad",
@@ -121,7 +121,7 @@ def explain(
     percentile: Annotated[
         float,
         typer.Option(help="Cap the display at this percentile.", rich_help_panel=_OUT),
-    ] = render.DEFAULT_PERCENTILE,
+    ] = DEFAULT_PERCENTILE,
     cmap: Annotated[
         str | None,
         typer.Option(help="Matplotlib colormap for the map (default: grayscale).", rich_help_panel=_OUT),
@@ -198,6 +198,9 @@ def explain(
     ] = False,
 ) -> None:
     """Write SmoothGrad maps for images, files or whole folders."""
+    # torch is imported here, not at the top, so that --help and --version answer at once.
+    from .runner import ExplainOptions, UsageError, run_explain
+
     options = ExplainOptions(
         inputs=inputs,
         output=output,
@@ -376,4 +379,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-__all__ = ["app", "main", "engine"]
+__all__ = ["app", "main"]

@@ -7,7 +7,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from PIL import Image
 
@@ -16,12 +15,20 @@ DEFAULT_OVERLAY_CMAP = "inferno"
 DEFAULT_DIVERGING_CMAP = "coolwarm"
 
 
+def _colormaps():
+    # Imported on first use: matplotlib costs a second at start-up, and `--help` or a usage
+    # error should not wait for it.
+    import matplotlib
+
+    return matplotlib.colormaps
+
+
 def check_cmap(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a matplotlib colormap."""
-    if name not in matplotlib.colormaps:
+    if name not in _colormaps():
         import difflib
 
-        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3)
+        close = difflib.get_close_matches(name, list(_colormaps()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown colormap {name!r}{hint}")
 
@@ -70,7 +77,7 @@ def grayscale(map01: np.ndarray) -> Image.Image:
 def colorize(map01: np.ndarray, cmap: str) -> Image.Image:
     """[0, 1] → RGB through a matplotlib colormap."""
     check_cmap(cmap)
-    rgba = matplotlib.colormaps[cmap](np.clip(map01, 0.0, 1.0), bytes=True)
+    rgba = _colormaps()[cmap](np.clip(map01, 0.0, 1.0), bytes=True)
     return Image.fromarray(np.ascontiguousarray(rgba[..., :3]), mode="RGB")
 
 
@@ -106,7 +113,7 @@ def overlay(
     )
     weights = np.clip(np.asarray(frame, dtype=np.float32), 0.0, 1.0)
     check_cmap(cmap)
-    heat = matplotlib.colormaps[cmap](weights)[..., :3].astype(np.float32)
+    heat = _colormaps()[cmap](weights)[..., :3].astype(np.float32)
     base = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
     alpha = (opacity * weights)[..., None]
     blended = base * (1.0 - alpha) + heat * alpha
