@@ -99,7 +99,8 @@ def explain(
         ),
     ] = 15.0,
     samples: Annotated[
-        int, typer.Option("--samples", "-n", help="Noisy copies per image.", rich_help_panel=_METHOD)
+        int,
+        typer.Option("--samples", "-n", help="Noisy copies per image.", rich_help_panel=_METHOD),
     ] = 50,
     seed: Annotated[
         int, typer.Option(help="Seed of the noise: same seed, same map.", rich_help_panel=_METHOD)
@@ -124,24 +125,37 @@ def explain(
     ] = DEFAULT_PERCENTILE,
     cmap: Annotated[
         str | None,
-        typer.Option(help="Matplotlib colormap for the map (default: grayscale).", rich_help_panel=_OUT),
+        typer.Option(
+            help="Matplotlib colormap for the map (default: grayscale).", rich_help_panel=_OUT
+        ),
     ] = None,
     overlay: Annotated[
         bool,
-        typer.Option(help="Also write the map blended on the photo, at its size.", rich_help_panel=_OUT),
+        typer.Option(
+            "--overlay",
+            help="Also write the map blended on the photo, at its size.",
+            rich_help_panel=_OUT,
+        ),
     ] = False,
     diverging: Annotated[
         bool,
         typer.Option(
-            help="Signed map: zero at the centre of a diverging colormap.", rich_help_panel=_OUT
+            "--diverging",
+            help="Signed map: zero at the centre of a diverging colormap.",
+            rich_help_panel=_OUT,
         ),
     ] = False,
     save_raw: Annotated[
         bool,
-        typer.Option(help="Also save the float32 attribution (C×H×W) as .npy.", rich_help_panel=_OUT),
+        typer.Option(
+            "--save-raw",
+            help="Also save the float32 attribution (C×H×W) as .npy.",
+            rich_help_panel=_OUT,
+        ),
     ] = False,
     json_lines: Annotated[
-        bool, typer.Option("--json", help="One JSON object per image on stdout.", rich_help_panel=_OUT)
+        bool,
+        typer.Option("--json", help="One JSON object per image on stdout.", rich_help_panel=_OUT),
     ] = False,
     device: Annotated[
         str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_RUN)
@@ -171,14 +185,21 @@ def explain(
     ] = False,
     skip_existing: Annotated[
         bool,
-        typer.Option(help="Skip images whose outputs all exist (resume).", rich_help_panel=_RUN),
+        typer.Option(
+            "--skip-existing",
+            help="Skip images whose outputs all exist (resume).",
+            rich_help_panel=_RUN,
+        ),
     ] = False,
     fail_fast: Annotated[
-        bool, typer.Option(help="Stop at the first failed input.", rich_help_panel=_RUN)
+        bool,
+        typer.Option("--fail-fast", help="Stop at the first failed input.", rich_help_panel=_RUN),
     ] = False,
     max_pixels: Annotated[
         int,
-        typer.Option(help="Refuse images with more pixels (decompression bombs).", rich_help_panel=_RUN),
+        typer.Option(
+            help="Refuse images with more pixels (decompression bombs).", rich_help_panel=_RUN
+        ),
     ] = DEFAULT_MAX_PIXELS,
     pattern: Annotated[
         list[str] | None,
@@ -188,7 +209,8 @@ def explain(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Threads that decode and write beside the model.", rich_help_panel=_RUN)
+        int,
+        typer.Option(help="Threads that decode and write beside the model.", rich_help_panel=_RUN),
     ] = 4,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_RUN)
