@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import engine
 
@@ -257,13 +257,16 @@ def probe(
     precision: str = "fp32",
     candidates: Sequence[int] | None = None,
     *,
+    rounds: int = 3,
     budget_s: float | None = None,
     min_time_s: float | None = None,
 ) -> dict[int, float]:
     """Rows per second of a plain forward+backward for each chunk size tried.
 
-    Sizes go up from the smallest; the probe stops early once larger chunks are clearly
-    slower, when it has used its time budget, or when the GPU runs out of memory.
+    The first round goes up from the smallest size and stops once two larger chunks in a row
+    are clearly slower, or the GPU runs out of memory. Later rounds time the same sizes
+    again, interleaved, and each size keeps its best rate: a burst of load from another
+    process then spoils one sample of every size, not all samples of one size.
     """
     device = torch.device(device)
     gpu = device.type != "cpu"
@@ -272,46 +275,52 @@ def probe(
     if budget_s is None:
         budget_s = 20.0 if gpu else 15.0
     if min_time_s is None:
-        min_time_s = 0.2 if gpu else 0.3
+        min_time_s = 0.05 if gpu else 0.25
     memory_format = engine._input_format(model)
     generator = torch.Generator().manual_seed(0)
+    inputs: dict[int, tuple[Tensor, Tensor]] = {}
     rates: dict[int, float] = {}
-    worse = 0
     started = time.perf_counter()
-    for i, size in enumerate(sorted(candidates)):
-        x = torch.randn((size, *input_shape), generator=generator).to(device)
-        x = x.contiguous(memory_format=memory_format)
-        target = torch.zeros(size, dtype=torch.long, device=device)
-        try:
-            times = _time_passes(
-                model, x, target, precision, warmups=2 if i == 0 else 1, min_time_s=min_time_s
-            )
-        except torch.cuda.OutOfMemoryError:
+    try:
+        worse = 0
+        for i, size in enumerate(sorted(candidates)):
+            x = torch.randn((size, *input_shape), generator=generator).to(device)
+            target = torch.zeros(size, dtype=torch.long, device=device)
+            inputs[size] = (x.contiguous(memory_format=memory_format), target)
+            try:
+                for _ in range(2 if i == 0 else 1):  # warm-up: first-call costs per shape
+                    engine.input_gradient(model, *inputs[size], precision)
+                rates[size] = _rate(model, *inputs[size], precision, min_time_s)
+            except torch.cuda.OutOfMemoryError:
+                del inputs[size]
+                break
+            worse = worse + 1 if rates[size] < FALLING_OFF * max(rates.values()) else 0
+            if worse >= 2 or time.perf_counter() - started > budget_s:
+                break
+        for _ in range(rounds - 1):
+            if time.perf_counter() - started > budget_s:
+                break
+            for size in rates:
+                rates[size] = max(rates[size], _rate(model, *inputs[size], precision, min_time_s))
+    finally:
+        inputs.clear()
+        if gpu:
             torch.cuda.empty_cache()
-            break
-        finally:
-            del x
-        rates[size] = size / min(times)
-        best = max(rates.values())
-        worse = worse + 1 if rates[size] < FALLING_OFF * best else 0
-        if worse >= 2 or time.perf_counter() - started > budget_s:
-            break
-    if gpu:
-        torch.cuda.empty_cache()
     return rates
 
 
-def _time_passes(model, x, target, precision, *, warmups: int, min_time_s: float) -> list[float]:
-    for _ in range(warmups):
-        engine.input_gradient(model, x, target, precision)
+def _rate(model, x, target, precision, min_time_s: float) -> float:
+    """Rows per second over at least ``min_time_s`` of back-to-back passes."""
     _sync(x.device)
-    times: list[float] = []
-    while len(times) < 2 or (sum(times) < min_time_s and len(times) < 5):
-        start = time.perf_counter()
+    passes = 0
+    start = time.perf_counter()
+    while True:
         engine.input_gradient(model, x, target, precision)
+        passes += 1
         _sync(x.device)
-        times.append(time.perf_counter() - start)
-    return times
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time_s:
+            return passes * x.shape[0] / elapsed
 
 
 def _sync(device: torch.device) -> None:
