@@ -71,10 +71,10 @@ class Plan:
 FULL = Plan(
     images=4,
     peer_images=2,
-    repeats=3,
+    repeats=4,
     folder=16,
     floor_chunks=(4, 8, 16),
-    captum_batches=(50, 16, 8, 4, 2),
+    captum_batches=(50, 16, 8, 4),
     sweep_n=(10, 50, 100),
     sweep_images=2,
     bf16_images=2,
@@ -421,6 +421,11 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
             extra={"by_chunk": by_chunk},
         )
         facts[f"floor_{kind}"] = rate[best]
+        if kind == "folded":
+            same = rate[f"floor-folded-{chunk}"]
+            facts["ours_over_floor"] = ours_rate / rate[best]
+            facts["ours_over_floor_same_chunk"] = ours_rate / same
+            rows[-1].note += f"; ours ÷ floor at ours' chunk {chunk}: {ours_rate / same:.2f}"
     if notes["captum"] is None:
         add(
             f"captum-{SAMPLES}",
@@ -428,6 +433,7 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
             f"nt_samples_batch_size = {SAMPLES}",
             target="≥ 2.5×",
         )
+        facts["ours_over_captum_n"] = ours_rate / rate[f"captum-{SAMPLES}"]
         keys = [f"captum-{b}" for b in plan.captum_batches]
         best = max(keys, key=rate.get)
         add(
@@ -448,6 +454,7 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
             "its loop: one sample per call, numpy noise",
             target="≥ 1.4×",
         )
+        facts["ours_over_pair"] = ours_rate / rate["pair"]
     else:
         rows.append(
             Row(section, "PAIR saliency GetSmoothedMask", "", 0, None, None, note=notes["pair"])
@@ -830,6 +837,36 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"{meta['load_after']}; {meta['minutes']:.1f} minutes.",
         "",
     ]
+    facts = meta.get("facts", {})
+    checks = [
+        ("ours ÷ Captum (nt_samples_batch_size = n)", "ours_over_captum_n", "≥ 2.5", 2.5, 1),
+        ("ours ÷ PAIR's loop", "ours_over_pair", "≥ 1.4", 1.4, 1),
+        ("ours ÷ floor (best chunk)", "ours_over_floor", "≥ 0.9", 0.9, 1),
+        ("ours ÷ floor (at ours' chunk)", "ours_over_floor_same_chunk", "≥ 0.9", 0.9, 1),
+        ("whole CLI ÷ engine, same images", "cli_over_engine", "≤ 1.15", 1.15, -1),
+    ]
+    if facts.get("bf16_spearman_14x14"):
+        facts["bf16_spearman_min"] = min(facts["bf16_spearman_14x14"])
+        checks.append(
+            ("bf16 vs fp32 Spearman (14×14), worst image", "bf16_spearman_min", "≥ 0.98", 0.98, 1)
+        )
+    summary = [
+        (label, facts[key], goal, value * sign >= bound * sign)
+        for label, key, goal, bound, sign in checks
+        for value in [facts.get(key)]
+        if value is not None
+    ]
+    if summary:
+        lines += [
+            "**Targets**",
+            "",
+            "| measure | measured | target | met |",
+            "| --- | ---: | --- | --- |",
+        ]
+        lines += [
+            f"| {label} | {value:.3f} | {goal} | {'yes' if ok else 'no'} |"
+            for label, value, goal, ok in summary
+        ]
     section = None
     for row in rows:
         if row.section != section:
