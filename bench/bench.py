@@ -69,9 +69,9 @@ class Plan:
 
 
 FULL = Plan(
-    images=4,
+    images=2,
     peer_images=2,
-    repeats=4,
+    repeats=5,
     folder=16,
     floor_chunks=(4, 8, 16),
     captum_batches=(50, 16, 8, 4),

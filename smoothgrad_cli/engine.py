@@ -557,6 +557,7 @@ class SmoothGrad:
         self.seed = seed
         self.batch_size = batch_size
         self.precision = precision
+        self._noise_bank: tuple[tuple, Tensor] | None = None
 
     @property
     def rows_per_input(self) -> int:
@@ -589,8 +590,16 @@ class SmoothGrad:
 
         flat = x.reshape(n_inputs, -1)
         sigmas = (self.noise_level * (flat.max(1).values - flat.min(1).values)).tolist()
-        moments = _Moments.zeros(x.shape, device)
+        # The mean needs only a running sum; the variance-based smoothings keep moments.
+        sums = (
+            torch.zeros(x.shape, dtype=torch.float32, device=device)
+            if self.smoothing in ("smoothgrad", "none")
+            else None
+        )
+        moments = None if sums is not None else _Moments.zeros(x.shape, device)
         buffers = _ChunkBuffers(self.seed, x.shape[1:], device, memory_format)
+        if self.smoothing != "none":
+            buffers.bank = self._bank(x.shape[1:], device, rows)
         total_rows = n_inputs * rows
 
         with self.base.hooks(model):
@@ -621,14 +630,42 @@ class SmoothGrad:
                         on_oom(chunk)
                     continue
                 for image, lo, hi in spans:
-                    moments.add(image, maps[lo:hi])
+                    if sums is not None:
+                        sums[image] += maps[lo:hi].sum(0)
+                    else:
+                        moments.add(image, maps[lo:hi])
                 if progress is not None:
                     progress(stop - start)
                 start = stop
 
-        if self.smoothing == "none":
-            return moments.mean
+        if sums is not None:
+            return sums.div_(rows)
         return aggregate(moments.mean, moments.m2, rows, self.smoothing)
+
+    def _bank(self, shape: torch.Size, device: torch.device, samples: int) -> Tensor | None:
+        """The noise of samples 0..n−1, drawn once and kept for later images and calls.
+
+        Every image's sample j gets the same N(0, 1) draw, so a run over a folder draws each
+        sample once instead of once per image. Not kept when it would exceed
+        ``_NOISE_BANK_BYTES`` (many samples of large inputs): then each chunk draws its own.
+        """
+        key = (self.seed, tuple(shape), str(device), samples)
+        if self._noise_bank is not None and self._noise_bank[0] == key:
+            return self._noise_bank[1]
+        self._noise_bank = None
+        if samples * math.prod(shape) * 4 > _NOISE_BANK_BYTES:
+            return None
+        bank = torch.empty((samples, *shape), dtype=torch.float32, device=device)
+        generator = torch.Generator(device=device)
+        for sample in range(samples):
+            generator.manual_seed(sample_seed(self.seed, sample))
+            bank[sample].normal_(generator=generator)  # the values randn would draw
+        self._noise_bank = (key, bank)
+        return bank
+
+
+#: the largest noise bank SmoothGrad keeps (50 samples of 3×224×224 take 30 MB)
+_NOISE_BANK_BYTES = 192 * 2**20
 
 
 class _ChunkBuffers:
@@ -652,6 +689,7 @@ class _ChunkBuffers:
         self.device = device
         self.memory_format = memory_format
         self.generator = torch.Generator(device=device)
+        self.bank: Tensor | None = None  # all samples' noise, when SmoothGrad keeps it
         self._noise: Tensor | None = None
         self._batch: Tensor | None = None
 
@@ -678,6 +716,16 @@ class _ChunkBuffers:
         rows_per_input: int,
     ) -> Tensor:
         noise, batch = self._buffers(stop - start)
+        if self.bank is not None:
+            for image, lo, hi in spans:
+                first = start + lo - image * rows_per_input  # sample index of row lo
+                torch.add(
+                    x[image],
+                    self.bank[first : first + hi - lo],
+                    alpha=sigmas[image],
+                    out=batch[lo:hi],
+                )
+            return batch
         first_row: dict[int, int] = {}  # sample index -> row of this chunk that holds it
         for row in range(stop - start):
             sample = (start + row) % rows_per_input

@@ -44,7 +44,7 @@ GPU_CANDIDATES = (8, 16, 32, 64, 128, 256, 512)
 
 #: a chunk within this share of the best rate counts as just as good; the smallest one wins,
 #: since it holds less memory and wastes less on a run's last, partial chunk
-GOOD_ENOUGH = 0.96
+GOOD_ENOUGH = 0.98
 #: stop trying larger chunks once two in a row fall this far below the best
 FALLING_OFF = 0.85
 
