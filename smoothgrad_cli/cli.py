@@ -295,7 +295,8 @@ def check_command(
     ] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per check.")] = False,
     update_golden: Annotated[
-        bool, typer.Option(help="Write or refresh the golden maps named in the spec.")
+        bool,
+        typer.Option("--update-golden", help="Write or refresh the golden maps named in the spec."),
     ] = False,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides the spec).")
