@@ -40,9 +40,11 @@ class ImageResult:
     skipped: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"input": self.input, "status": "skipped" if self.skipped else "ok", **{
-            "maps": [asdict(m) for m in self.maps]
-        }}
+        return {
+            "input": self.input,
+            "status": "skipped" if self.skipped else "ok",
+            **{"maps": [asdict(m) for m in self.maps]},
+        }
 
 
 class Report:

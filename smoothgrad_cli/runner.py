@@ -85,13 +85,21 @@ class ExplainOptions:
                 not (self.target is not None and self.top_k > 1),
                 "--target and --top-k are exclusive: one names the class, the other ranks them",
             ),
-            (self.method in engine.BASE_METHODS, f"unknown --method {self.method!r}: use one "
-             f"of {', '.join(engine.BASE_METHODS)}"),
-            (self.smoothing in engine.SMOOTHINGS, f"unknown --smoothing {self.smoothing!r}: "
-             f"use one of {', '.join(engine.SMOOTHINGS)}"),
+            (
+                self.method in engine.BASE_METHODS,
+                f"unknown --method {self.method!r}: use one of {', '.join(engine.BASE_METHODS)}",
+            ),
+            (
+                self.smoothing in engine.SMOOTHINGS,
+                f"unknown --smoothing {self.smoothing!r}: "
+                f"use one of {', '.join(engine.SMOOTHINGS)}",
+            ),
             (self.workers >= 1, "--workers must be >= 1"),
-            (self.precision in engine.PRECISIONS, f"unknown --precision {self.precision!r}: "
-             f"use one of {', '.join(engine.PRECISIONS)}"),
+            (
+                self.precision in engine.PRECISIONS,
+                f"unknown --precision {self.precision!r}: "
+                f"use one of {', '.join(engine.PRECISIONS)}",
+            ),
             (self.max_pixels is None or self.max_pixels >= 1, "--max-pixels must be >= 1"),
         ]
         for ok, message in checks:
@@ -106,8 +114,18 @@ class ExplainOptions:
 
     def parameters(self) -> dict[str, Any]:
         """What determines a map, for the manifest and JSON."""
-        keys = ("model", "weights", "method", "smoothing", "noise", "samples", "seed",
-                "ig_steps", "precision", "percentile")
+        keys = (
+            "model",
+            "weights",
+            "method",
+            "smoothing",
+            "noise",
+            "samples",
+            "seed",
+            "ig_steps",
+            "precision",
+            "percentile",
+        )
         values = {k: v for k, v in asdict(self).items() if k in keys}
         if self.method != "integrated-gradients":
             values.pop("ig_steps")
@@ -181,8 +199,16 @@ def remove_stale_temporaries(images: list[InputImage], options: ExplainOptions) 
 
 
 def _error_entry(path: str | os.PathLike, reason: str) -> dict[str, Any]:
-    return {"input": str(path), "status": "error", "outputs": [], "class": None,
-            "class_index": None, "probability": None, "maps": [], "error": reason}
+    return {
+        "input": str(path),
+        "status": "error",
+        "outputs": [],
+        "class": None,
+        "class_index": None,
+        "probability": None,
+        "maps": [],
+        "error": reason,
+    }
 
 
 def package_versions() -> dict[str, str]:
@@ -246,8 +272,9 @@ def _run_explain(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if options.top_k > len(loaded.categories):
-        raise UsageError(f"--top-k {options.top_k} exceeds the model's "
-                         f"{len(loaded.categories)} classes")
+        raise UsageError(
+            f"--top-k {options.top_k} exceeds the model's {len(loaded.categories)} classes"
+        )
     base = build_base_method(options, loaded)
     input_shape = (3, loaded.crop_size, loaded.crop_size)
     model = engine.prepare_model(loaded.model, device, input_shape=input_shape)
@@ -299,9 +326,14 @@ def _run_explain(
         if images:
             # The chunk size (cached, else a short probe) and --compile, before any image.
             smoother.batch_size, attribution_model = tuning.plan_run(
-                model, device, input_shape, precision, batch_size=options.batch_size,
+                model,
+                device,
+                input_shape,
+                precision,
+                batch_size=options.batch_size,
                 compile=options.compile and not isinstance(base, engine.GuidedBackprop),
-                model_name=loaded.name, say=lambda m: report.err.print(m, markup=False),
+                model_name=loaded.name,
+                say=lambda m: report.err.print(m, markup=False),
             )
     except KeyboardInterrupt:
         report.interrupted = True
@@ -440,9 +472,13 @@ class _Pipeline:
                 progress.advance(n_rows / per_image_rows)
 
         try:
-            maps = self.smoother.attribute(
-                self.attribution_model, item_x, item_t, progress=advance, on_oom=self._said_oom
-            ).cpu().numpy()
+            maps = (
+                self.smoother.attribute(
+                    self.attribution_model, item_x, item_t, progress=advance, on_oom=self._said_oom
+                )
+                .cpu()
+                .numpy()
+            )
         except torch.cuda.OutOfMemoryError as exc:
             # Even one noisy copy at a time does not fit: every image would fail the same way.
             reason = (
@@ -479,9 +515,7 @@ class _Pipeline:
     def _write(self, item: _Decoded, maps: np.ndarray, results: list[MapResult]) -> None:
         options = self.options
         names = output_names(item.image.relative, options)
-        box = (
-            self.loaded.crop_box(*item.photo.size) if item.photo is not None else None
-        )
+        box = self.loaded.crop_box(*item.photo.size) if item.photo is not None else None
         for attribution, files, result in zip(maps, names, results, strict=True):
             magnitude = render.magnitude_map(attribution, options.percentile)
             if options.diverging:
