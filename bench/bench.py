@@ -368,6 +368,13 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
     seconds = {k: statistics.median(v) for k, v in times.items()}
     ours_rate = rate["ours"]
     facts["rates"] = {k: round(v, 4) for k, v in rate.items()}
+    # Each contender's fastest round: the least disturbed estimate on a shared machine.
+    best_rate = {k: contenders[k][1] / min(v) for k, v in times.items()}
+    facts["best_round_rates"] = {k: round(v, 4) for k, v in best_rate.items()}
+    if f"captum-{SAMPLES}" in best_rate:
+        facts["ours_over_captum_n_best_rounds"] = best_rate["ours"] / best_rate[f"captum-{SAMPLES}"]
+    if "pair" in best_rate:
+        facts["ours_over_pair_best_rounds"] = best_rate["ours"] / best_rate["pair"]
 
     def add(key, what, setting, target="", note="", extra=None):
         rows.append(
@@ -841,6 +848,14 @@ def markdown(rows: list[Row], meta: dict) -> str:
     checks = [
         ("ours ÷ Captum (nt_samples_batch_size = n)", "ours_over_captum_n", "≥ 2.5", 2.5, 1),
         ("ours ÷ PAIR's loop", "ours_over_pair", "≥ 1.4", 1.4, 1),
+        (
+            "ours ÷ Captum (n), fastest round of each",
+            "ours_over_captum_n_best_rounds",
+            "(≥ 2.5)",
+            2.5,
+            1,
+        ),
+        ("ours ÷ PAIR, fastest round of each", "ours_over_pair_best_rounds", "(≥ 1.4)", 1.4, 1),
         ("ours ÷ floor (best chunk)", "ours_over_floor", "≥ 0.9", 0.9, 1),
         ("ours ÷ floor (at ours' chunk)", "ours_over_floor_same_chunk", "≥ 0.9", 0.9, 1),
         ("whole CLI ÷ engine, same images", "cli_over_engine", "≤ 1.15", 1.15, -1),
@@ -858,7 +873,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
     ]
     if summary:
         lines += [
-            "**Targets**",
+            "**Targets** (medians of the interleaved rounds; the fastest-round lines are a "
+            "second, less load-sensitive estimate)",
             "",
             "| measure | measured | target | met |",
             "| --- | ---: | --- | --- |",
