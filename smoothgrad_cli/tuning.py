@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from . import engine
 
@@ -257,42 +257,50 @@ def probe(
     precision: str = "fp32",
     candidates: Sequence[int] | None = None,
     *,
-    rounds: int = 3,
+    rounds: int = 2,
     budget_s: float | None = None,
     min_time_s: float | None = None,
 ) -> dict[int, float]:
     """Rows per second of a plain forward+backward for each chunk size tried.
 
-    The first round goes up from the smallest size and stops once two larger chunks in a row
-    are clearly slower, or the GPU runs out of memory. Later rounds time the same sizes
-    again, interleaved, and each size keeps its best rate: a burst of load from another
-    process then spoils one sample of every size, not all samples of one size.
+    Every size does the same work, as a run would: one sweep over the same pool of distinct
+    random rows (as many rows as the largest size), cut into chunks of that size. The first
+    round goes up from the smallest size and stops once two larger chunks in a row are
+    clearly slower, or the GPU runs out of memory. Later rounds time the same sizes again,
+    interleaved, and each size keeps its best rate: a burst of load from another process then
+    spoils one sample of every size, not all samples of one size.
     """
     device = torch.device(device)
     gpu = device.type != "cpu"
     if candidates is None:
         candidates = GPU_CANDIDATES if gpu else CPU_CANDIDATES
+    sizes = sorted(candidates)
     if budget_s is None:
-        budget_s = 20.0 if gpu else 15.0
+        budget_s = 30.0 if gpu else 20.0
     if min_time_s is None:
         min_time_s = 0.05 if gpu else 0.25
     memory_format = engine._input_format(model)
     generator = torch.Generator().manual_seed(0)
-    inputs: dict[int, tuple[Tensor, Tensor]] = {}
     rates: dict[int, float] = {}
     started = time.perf_counter()
+    pool = None
     try:
+        while pool is None and sizes:
+            try:
+                pool = torch.randn((sizes[-1], *input_shape), generator=generator).to(device)
+            except torch.cuda.OutOfMemoryError:
+                sizes = sizes[:-1]
+        if pool is None:
+            return rates
+        pool = pool.contiguous(memory_format=memory_format)
+        targets = torch.zeros(pool.shape[0], dtype=torch.long, device=device)
         worse = 0
-        for i, size in enumerate(sorted(candidates)):
-            x = torch.randn((size, *input_shape), generator=generator).to(device)
-            target = torch.zeros(size, dtype=torch.long, device=device)
-            inputs[size] = (x.contiguous(memory_format=memory_format), target)
+        for i, size in enumerate(sizes):
             try:
                 for _ in range(2 if i == 0 else 1):  # warm-up: first-call costs per shape
-                    engine.input_gradient(model, *inputs[size], precision)
-                rates[size] = _rate(model, *inputs[size], precision, min_time_s)
+                    engine.input_gradient(model, pool[:size], targets[:size], precision)
+                rates[size] = _rate(model, pool, targets, size, precision, min_time_s)
             except torch.cuda.OutOfMemoryError:
-                del inputs[size]
                 break
             worse = worse + 1 if rates[size] < FALLING_OFF * max(rates.values()) else 0
             if worse >= 2 or time.perf_counter() - started > budget_s:
@@ -301,26 +309,31 @@ def probe(
             if time.perf_counter() - started > budget_s:
                 break
             for size in rates:
-                rates[size] = max(rates[size], _rate(model, *inputs[size], precision, min_time_s))
+                rate = _rate(model, pool, targets, size, precision, min_time_s)
+                rates[size] = max(rates[size], rate)
     finally:
-        inputs.clear()
+        pool = None
         if gpu:
             torch.cuda.empty_cache()
     return rates
 
 
-def _rate(model, x, target, precision, min_time_s: float) -> float:
-    """Rows per second over at least ``min_time_s`` of back-to-back passes."""
-    _sync(x.device)
-    passes = 0
+def _rate(model, pool, targets, size, precision, min_time_s: float) -> float:
+    """Rows per second over sweeps of the pool in chunks of ``size`` (at least one sweep,
+    and at least ``min_time_s``)."""
+    _sync(pool.device)
+    rows = 0
     start = time.perf_counter()
     while True:
-        engine.input_gradient(model, x, target, precision)
-        passes += 1
-        _sync(x.device)
+        for first in range(0, pool.shape[0], size):
+            engine.input_gradient(
+                model, pool[first : first + size], targets[first : first + size], precision
+            )
+            rows += min(size, pool.shape[0] - first)
+        _sync(pool.device)
         elapsed = time.perf_counter() - start
         if elapsed >= min_time_s:
-            return passes * x.shape[0] / elapsed
+            return rows / elapsed
 
 
 def _sync(device: torch.device) -> None:
