@@ -594,14 +594,17 @@ class SmoothGrad:
         sigmas = (self.noise_level * (flat.max(1).values - flat.min(1).values)).tolist()
         # The mean needs only a running sum; the variance-based smoothings keep moments.
         sums = (
-            torch.zeros(x.shape, dtype=torch.float32, device=device)
+            torch.zeros(x.shape, dtype=torch.float32, device=device).contiguous(
+                memory_format=memory_format
+            )
             if self.smoothing in ("smoothgrad", "none")
             else None
         )
+        x_in = x.contiguous(memory_format=memory_format)  # rows are built in the model's layout
         moments = None if sums is not None else _Moments.zeros(x.shape, device)
         buffers = _ChunkBuffers(self.seed, x.shape[1:], device, memory_format)
         if self.smoothing != "none":
-            buffers.bank = self._bank(x.shape[1:], device, rows)
+            buffers.bank = self._bank(x.shape[1:], device, rows, memory_format)
         total_rows = n_inputs * rows
 
         with self.base.hooks(model):
@@ -615,9 +618,9 @@ class SmoothGrad:
                 ]
                 try:
                     if self.smoothing == "none":
-                        batch = buffers.clean(x, spans, stop - start)
+                        batch = buffers.clean(x_in, spans, stop - start)
                     else:
-                        batch = buffers.noisy(x, sigmas, spans, start, stop, rows)
+                        batch = buffers.noisy(x_in, sigmas, spans, start, stop, rows)
                     images = torch.tensor(
                         [image for image, lo, hi in spans for _ in range(hi - lo)], device=device
                     )
@@ -641,17 +644,24 @@ class SmoothGrad:
                 start = stop
 
         if sums is not None:
-            return sums.div_(rows)
+            return sums.div_(rows).contiguous()
         return aggregate(moments.mean, moments.m2, rows, self.smoothing)
 
-    def _bank(self, shape: torch.Size, device: torch.device, samples: int) -> Tensor | None:
+    def _bank(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        samples: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> Tensor | None:
         """The noise of samples 0..n−1, drawn once and kept for later images and calls.
 
         Every image's sample j gets the same N(0, 1) draw, so a run over a folder draws each
-        sample once instead of once per image. Not kept when it would exceed
-        ``_NOISE_BANK_BYTES`` (many samples of large inputs): then each chunk draws its own.
+        sample once instead of once per image. Kept in the model's input layout, so a chunk is
+        one elementwise x + σ·noise. Not kept when it would exceed ``_NOISE_BANK_BYTES`` (many
+        samples of large inputs): then each chunk draws its own.
         """
-        key = (self.seed, tuple(shape), str(device), samples)
+        key = (self.seed, tuple(shape), str(device), samples, memory_format)
         if self._noise_bank is not None and self._noise_bank[0] == key:
             return self._noise_bank[1]
         self._noise_bank = None
@@ -662,6 +672,8 @@ class SmoothGrad:
         for sample in range(samples):
             generator.manual_seed(sample_seed(self.seed, sample))
             bank[sample].normal_(generator=generator)  # the values randn would draw
+        if len(shape) == 3:
+            bank = bank.contiguous(memory_format=memory_format)
         self._noise_bank = (key, bank)
         return bank
 
