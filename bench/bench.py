@@ -64,6 +64,7 @@ class Plan:
     sweep_n: tuple[int, ...]
     sweep_images: int
     bf16_images: int
+    cli_rounds: int = 2
     gpu_images: int = 8
     gpu_repeats: int = 3
 
@@ -89,6 +90,7 @@ QUICK = Plan(
     sweep_n=(10, 50),
     sweep_images=1,
     bf16_images=1,
+    cli_rounds=1,
     gpu_repeats=1,
 )
 
@@ -612,8 +614,6 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
                 raise RuntimeError(f"the CLI run failed: {report.failures[:3]}")
             return seconds
 
-        cli_seconds = cli_once()
-        written = len(list((work / "out").glob("*.map.png")))
         # The engine alone on the same images, decoded beforehand.
         loaded = load_model()
         model = engine.prepare_model(loaded.model, device, input_shape=(3, 224, 224))
@@ -624,18 +624,29 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
         x = torch.stack(tensors).to(device)
         t = engine.predict(model, x).argmax(1)
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        engine.SmoothGrad(
-            engine.Gradient(),
-            samples=SAMPLES,
-            noise_level=NOISE,
-            seed=SEED,
-            batch_size=chunk,
-            precision=precision,
-        ).attribute(model, x, t)
-        sync()
-        engine_seconds = time.perf_counter() - start
+
+        def engine_once() -> float:
+            sync()
+            start = time.perf_counter()
+            engine.SmoothGrad(
+                engine.Gradient(),
+                samples=SAMPLES,
+                noise_level=NOISE,
+                seed=SEED,
+                batch_size=chunk,
+                precision=precision,
+            ).attribute(model, x, t)
+            sync()
+            return time.perf_counter() - start
+
+        # CLI, engine, CLI, engine: each side's faster run, so that a burst of load from
+        # another process does not decide the ratio.
+        cli_times, engine_times = [], []
+        for _ in range(plan.cli_rounds):
+            cli_times.append(cli_once())
+            engine_times.append(engine_once())
+        written = len(list((work / "out").glob("*.map.png")))
+        cli_seconds, engine_seconds = min(cli_times), min(engine_times)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = cli_seconds / engine_seconds
@@ -650,7 +661,7 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
             plan.folder / cli_seconds,
             note=f"CLI ÷ engine on the same {plan.folder} images = {ratio:.3f} "
             f"(target ≤ 1.15); {written} maps written",
-            extra={"engine_seconds": engine_seconds},
+            extra={"engine_seconds": engine_times, "cli_seconds": cli_times},
         )
     )
 
