@@ -7,9 +7,14 @@ preset), its class names, and the geometry that maps model-input pixels back ont
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
+import pickle
 import re
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -198,23 +203,19 @@ def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
         raise ModelError(
             f"unknown weights {weights!r} for {name}: use one of {choices}, or a local file"
         ) from None
-    checkpoint = _checkpoint_path(chosen)
-    was_cached = checkpoint.is_file()
+    checkpoint = _fetch_checkpoint(name, chosen)
+    state = _read_state_dict(checkpoint, remedy=f"; {_CACHE_REMEDY}")
     try:
         # torchvision's builder, not weights=None + load_state_dict: some builders adapt the
         # network to its weights (googlenet/inception_v3 transform_input, ViT SWAG image size).
-        model = torchvision.models.get_model(name, weights=chosen, progress=False)
-    except Exception as exc:  # any failure to fetch: no network, proxy, disk, bad file
-        if was_cached:
-            raise ModelError(
-                f"cached weights {checkpoint} for {name} cannot be loaded "
-                f"({type(exc).__name__}): delete the file to download it again, "
-                f"or pass a local state dict with --weights FILE"
-            ) from exc
+        with _builder_gets(chosen, state):
+            model = torchvision.models.get_model(name, weights=chosen, progress=False)
+    except ModelError:
+        raise
+    except Exception as exc:  # the file is a state dict, but not one that fits the network
         raise ModelError(
-            f"weights {chosen} for {name} are not cached and could not be downloaded "
-            f"({type(exc).__name__}): need {checkpoint.name} in {checkpoint.parent} "
-            f"(TORCH_HOME={torch_home()}), or pass a local state dict with --weights FILE"
+            f"cached weights {checkpoint} for {name} cannot be loaded "
+            f"({type(exc).__name__}: {_first_line(exc)[:200]}); {_CACHE_REMEDY}"
         ) from exc
     return LoadedModel(
         name, chosen.name, model.eval(), chosen.transforms(), list(chosen.meta["categories"])
@@ -227,16 +228,106 @@ def _looks_like_file(weights: str) -> bool:
     )
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+_CACHE_REMEDY = "delete it to download it again, or pass a local state dict with --weights FILE"
+_BUILD_LOCK = threading.Lock()
+
+
+def _fetch_checkpoint(name: str, weights) -> Path:
+    """The cache file of torchvision ``weights``, downloaded as torch.hub does when absent, its
+    SHA-256 checked against the prefix in its name (torch.hub checks only what it downloads)."""
+    path = _checkpoint_path(weights)
+    found = torch.hub.HASH_REGEX.search(path.name)
+    prefix = found.group(1) if found and found.group(1) else None
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Writes a .partial file beside ``path``, renamed to it only if its hash matches.
+            torch.hub.download_url_to_file(weights.url, str(path), prefix, progress=False)
+        except Exception as exc:  # no network, proxy, disk full, a bad download
+            if isinstance(exc, RuntimeError) and "invalid hash value" in str(exc):
+                raise ModelError(
+                    f"weights downloaded from {weights.url} for {name} do not match the hash "
+                    f"in their name ({prefix}) and were not saved as {path}: try again later, "
+                    f"or pass a local state dict with --weights FILE"
+                ) from exc
+            raise ModelError(
+                f"weights {weights} for {name} are not cached and could not be downloaded "
+                f"({type(exc).__name__}): need {path.name} in {path.parent} "
+                f"(TORCH_HOME={torch_home()}), or pass a local state dict with --weights FILE"
+            ) from exc
+    if prefix is not None:
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as file:
+                while chunk := file.read(1 << 20):  # up to gigabytes: never all in memory
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ModelError(f"cached weights {path} cannot be read ({exc.strerror})") from exc
+        if not digest.hexdigest().startswith(prefix):
+            raise ModelError(
+                f"cached weights {path} for {name} cannot be loaded: its SHA-256 does not "
+                f"match the hash in its name ({prefix}); {_CACHE_REMEDY}"
+            )
+    return path
+
+
+@contextmanager
+def _builder_gets(weights, state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """While torchvision builds a model, ``weights.get_state_dict()`` returns ``state``.
+
+    Every torchvision builder fetches its weights with ``weights.get_state_dict(...)``, which
+    is ``torch.hub.load_state_dict_from_url(..., weights_only=False)``: it unpickles whatever
+    the cache holds. That method is the one seam: the builders' arguments are fixed, and
+    ``WeightsEnum.verify`` takes only the enum's own members, which cannot be subclassed. So
+    it is replaced on this weights' enum class alone, under a lock; a builder (or another
+    thread) asking that class for other weights meanwhile gets an error, never the unsafe load.
+    """
+    cls = type(weights)
+
+    def get_state_dict(self, *args, **kwargs) -> Mapping[str, torch.Tensor]:
+        if self is not weights:
+            raise ModelError(f"{self} requested while {weights} were being loaded; try again")
+        return state
+
+    with _BUILD_LOCK:
+        own = cls.__dict__.get("get_state_dict")
+        cls.get_state_dict = get_state_dict
+        try:
+            yield
+        finally:
+            if own is None:
+                del cls.get_state_dict
+            else:
+                cls.get_state_dict = own
+
+
+def _first_line(exc: BaseException) -> str:
+    """What an error says is wrong, in one line: past the paragraphs of advice torch.load's
+    errors open with; for load_state_dict, the line after "Error(s) in loading state_dict…:"."""
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(advice)] or lines
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return lines[1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_state_dict(path: str | Path, remedy: str = "") -> dict[str, torch.Tensor]:
+    """The one loader of every checkpoint: ``weights_only=True`` never runs pickled code."""
     file = Path(path)
     if not file.is_file():
         raise ModelError(f"{path}: weights file not found")
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:  # what the restricted unpickler refuses
         raise ModelError(
-            f"{path}: not a state dict that loads safely with weights_only=True ({reason[:160]})"
+            f"{path}: refused, it may hold code and was not loaded "
+            f"(weights_only=True: {_first_line(exc)[:160]}){remedy}"
+        ) from exc
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: not a state dict that loads safely with weights_only=True "
+            f"({_first_line(exc)[:160]}){remedy}"
         ) from exc
     # Training scripts often wrap the state dict; accept the usual wrappers.
     for key in ("state_dict", "model_state_dict", "model"):
@@ -245,8 +336,12 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
-        raise ModelError(f"{path}: file holds a {type(loaded).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in loaded.items()}
+        raise ModelError(f"{path}: file holds a {type(loaded).__name__}, not a state dict{remedy}")
+    state = OrderedDict((k.removeprefix("module."), v) for k, v in loaded.items())
+    metadata = getattr(loaded, "_metadata", None)
+    if metadata is not None:  # module versions, by which BatchNorm and ViT upgrade old files
+        state._metadata = OrderedDict((k.removeprefix("module."), v) for k, v in metadata.items())
+    return state
 
 
 def _builder_kwargs(name: str, state: Mapping[str, torch.Tensor]) -> dict[str, bool]:
@@ -272,11 +367,9 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = next(
-            (line.strip() for line in str(exc).splitlines()[1:] if line.strip()),
-            str(exc).strip(),
-        )
-        raise ModelError(f"{path}: state dict does not fit the model ({first[:200]})") from exc
+        raise ModelError(
+            f"{path}: state dict does not fit the model ({_first_line(exc)[:200]})"
+        ) from exc
 
 
 # --- the embedded EfficientNet-Lite0 -------------------------------------------------------

@@ -4,6 +4,8 @@ errors users see. Nothing here touches the network."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import urllib.error
 from pathlib import Path
@@ -44,6 +46,23 @@ def offline_hub(tmp_path, monkeypatch):
 
 def _checkpoint_name(name: str) -> str:
     return os.path.basename(torchvision.models.get_model_weights(name).DEFAULT.url)
+
+
+def _plant_cached(checkpoints: Path, monkeypatch, name: str, state) -> Path:
+    """Save ``state`` in the cache as ``name``'s DEFAULT weights. A cached file must match the
+    SHA-256 prefix in its name, which a random state dict cannot do under torchvision's name:
+    the weights' URL is changed to the name this file's hash gives."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    url = torch.hub.HASH_REGEX.sub(f"-{digest}.", weights.url, count=1)
+    monkeypatch.setattr(weights.value, "url", url)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    file = checkpoints / os.path.basename(url)
+    file.write_bytes(data)
+    return file
 
 
 def _random_state(name: str, **kwargs) -> dict[str, torch.Tensor]:
@@ -386,11 +405,10 @@ def test_missing_cached_weights_without_network_names_file_cache_and_flag(offlin
     assert "URLError" in message
 
 
-def test_cached_weights_load_without_network(offline_hub):
+def test_cached_weights_load_without_network(offline_hub, monkeypatch):
     checkpoints, calls = offline_hub
     state = _random_state("mobilenet_v3_small")
-    checkpoints.mkdir(parents=True)
-    torch.save(state, checkpoints / _checkpoint_name("mobilenet_v3_small"))
+    _plant_cached(checkpoints, monkeypatch, "mobilenet_v3_small", state)
     loaded = load_model("mobilenet_v3_small", weights="DEFAULT")
     assert calls == []
     assert loaded.weights == "IMAGENET1K_V1"
@@ -398,15 +416,14 @@ def test_cached_weights_load_without_network(offline_hub):
     assert loaded.categories[967] == "espresso"
 
 
-def test_cached_googlenet_is_built_as_torchvision_builds_it(offline_hub):
+def test_cached_googlenet_is_built_as_torchvision_builds_it(offline_hub, monkeypatch):
     """weights=None + load_state_dict would miss googlenet's ``transform_input``."""
     checkpoints, _ = offline_hub
     torch.manual_seed(0)
     net = torchvision.models.googlenet(
         weights=None, aux_logits=True, transform_input=True, init_weights=False
     )
-    checkpoints.mkdir(parents=True)
-    torch.save(net.state_dict(), checkpoints / _checkpoint_name("googlenet"))
+    _plant_cached(checkpoints, monkeypatch, "googlenet", net.state_dict())
     loaded = load_model("googlenet")
     assert loaded.model.transform_input is True
     assert loaded.model.aux1 is None  # dropped, as torchvision does for inference
