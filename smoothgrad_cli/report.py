@@ -6,6 +6,7 @@ errors and the summary go to stderr, one line each; tracebacks only with ``--ver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,6 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from .names import json_line, one_line, shown
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,10 +79,10 @@ class Report:
     def failed(
         self, path: str | os.PathLike, reason: str, exc: BaseException | None = None
     ) -> None:
-        reason = " ".join(str(reason).split())  # one line, whatever the exception said
+        reason = one_line(reason)  # one line, whatever the exception or the file said
         with self._lock:
             self.failures.append((str(path), reason))
-            self.err.print(f"error: {escape(str(path))}: {escape(reason)}")
+            self.err.print(f"error: {escape(shown(path))}: {escape(reason)}")
             if self.verbose and exc is not None:
                 self.err.print(
                     escape("".join(traceback.format_exception(exc)).rstrip()), style="dim"
@@ -89,11 +92,11 @@ class Report:
 
     def warn(self, message: str) -> None:
         with self._lock:
-            self.err.print(f"warning: {escape(message)}")
+            self.err.print(f"warning: {escape(one_line(message))}")
 
     def _print_json(self, obj: dict[str, Any]) -> None:
         # Plain print, not rich: one JSON object per line, never wrapped or styled.
-        self.out.file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.file.write(json_line(obj) + "\n")
         self.out.file.flush()
 
     @property
@@ -127,35 +130,94 @@ class Report:
         table.add_column("outputs", overflow="fold")
         for result in sorted(self.results, key=lambda r: r.input):
             if result.skipped:
-                table.add_row(escape(result.input), "[dim]skipped[/dim]", "", "")
+                table.add_row(escape(shown(result.input)), "[dim]skipped[/dim]", "", "")
                 continue
             for m in result.maps:
                 table.add_row(
-                    escape(result.input) if m.rank == 1 else "",
+                    escape(shown(result.input)) if m.rank == 1 else "",
                     escape(f"{m.class_name} ({m.class_index})"),
                     f"{m.probability:.3f}",
-                    escape(" ".join(m.outputs.values())),
+                    escape(" ".join(shown(p) for p in m.outputs.values())),
                 )
         return table
 
 
 class Manifest:
     """``manifest.jsonl``: one line per image, appended as each finishes, so an interrupted
-    run's manifest is still a complete record of what it did."""
+    run's manifest is still a complete record of what it did.
+
+    Each line goes out in one ``write`` on a file opened with ``O_APPEND``: a process killed
+    at any moment leaves whole lines only, and a write that fails part-way (a full disk) is
+    cut back off, so no line is ever half there. A line a crash of an older version cut is
+    removed when the manifest is opened again.
+    """
 
     def __init__(self, path: Path, common: dict[str, Any]) -> None:
         self.path = path
         self.common = common
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        # Unbuffered: there is nothing left to flush at close, so closing never fails.
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            _drop_cut_line(self._fd)
+        except OSError:
+            os.close(self._fd)
+            raise
 
     def record(self, entry: dict[str, Any]) -> None:
-        line = json.dumps({**entry, **self.common}, ensure_ascii=False) + "\n"
+        data = (json_line({**entry, **self.common}) + "\n").encode("utf-8")
         with self._lock:
-            # One write per line: a crash can lose a last line but never splice two.
-            self._file.write(line)
-            self._file.flush()
+            start = os.fstat(self._fd).st_size
+            try:
+                written = 0
+                while written < len(data):  # a short write, then the error on the next
+                    written += os.write(self._fd, data[written:])
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                raise
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The entries of a manifest, in order; lines that are not whole JSON objects (a line an
+    older version left cut) are passed over. A missing manifest has none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _drop_cut_line(fd: int) -> None:
+    """Truncate the file after its last newline: what follows is a line that never finished."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    tail_start = max(0, size - 65536)
+    while True:
+        tail = os.pread(fd, size - tail_start, tail_start)
+        end = tail.rfind(b"\n")
+        if end >= 0:
+            keep = tail_start + end + 1
+            break
+        if tail_start == 0:
+            keep = 0
+            break
+        tail_start = max(0, tail_start - 65536)
+    if keep < size:
+        os.ftruncate(fd, keep)

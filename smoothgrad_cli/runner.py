@@ -8,10 +8,8 @@ import errno
 import math
 import os
 import platform
-import re
-import signal
 import tempfile
-import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import engine, render, tuning
+from . import engine, interrupt, outputs, render, tuning
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -34,7 +32,8 @@ from .images import (
     quiet_pillow_bomb_warnings,
 )
 from .models import LoadedModel, ModelError, load_model
-from .report import ImageResult, Manifest, MapResult, Report
+from .names import shown
+from .report import ImageResult, Manifest, MapResult, Report, read_manifest
 
 
 class UsageError(Exception):
@@ -133,21 +132,10 @@ class ExplainOptions:
 
 
 def output_names(relative: Path, options: ExplainOptions) -> list[dict[str, Path]]:
-    """The files one image produces, per rank: predictable before anything is computed, so
-    ``--skip-existing`` knows what to look for. ``a/cat.jpg`` → ``a/cat.jpg.map.png`` …
-    (``.top2.map.png`` and so on with ``--top-k``)."""
-    folder = options.output / relative.parent
-    stem = relative.name
-    names = []
-    for rank in range(1, options.top_k + 1):
-        tag = f".top{rank}" if options.top_k > 1 else ""
-        files = {"map": folder / f"{stem}{tag}.map.png"}
-        if options.overlay:
-            files["overlay"] = folder / f"{stem}{tag}.overlay.png"
-        if options.save_raw:
-            files["raw"] = folder / f"{stem}{tag}.raw.npy"
-        names.append(files)
-    return names
+    """The files one image produces, per rank (see ``outputs.output_names``)."""
+    return outputs.output_names(
+        relative, options.output, options.top_k, options.overlay, options.save_raw
+    )
 
 
 def build_base_method(options: ExplainOptions, loaded: LoadedModel) -> engine.BaseMethod:
@@ -168,39 +156,23 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
-#: ``render.atomic_write``'s temporary files: ``.<name>.<8 random characters>.tmp``
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-
-
-def remove_stale_temporaries(images: list[InputImage], options: ExplainOptions) -> int:
-    """Delete the temporary files a killed run (``kill -9``, a crash) left beside the outputs
-    this run is about to write. Ctrl-C and ``kill`` clean up after themselves; only a
-    process that could not run its clean-up leaves one. Returns how many were removed."""
-    wanted: dict[Path, set[str]] = {}
-    for image in images:
-        for files in output_names(image.relative, options):
-            for path in files.values():
-                wanted.setdefault(path.parent, set()).add(path.name)
-    removed = 0
-    for folder, names in wanted.items():
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            continue  # not made yet: nothing to clean
-        for entry in entries:
-            match = _TEMPORARY.match(entry)
-            if match and match["name"] in names:
-                try:
-                    os.unlink(folder / entry)
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
+def check_inputs_outside(inputs: list[str], output: Path) -> None:
+    """The output folder is never searched for images (its maps are no inputs), so an input
+    inside it would silently give nothing: say so instead."""
+    out = os.path.realpath(output)
+    for spec in inputs:
+        real = os.path.realpath(spec)
+        if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
+            where = "is" if real == out else "is inside"
+            raise UsageError(
+                f"{shown(spec)} {where} the output folder {shown(output)}, which is never "
+                "searched for images: give another --output"
+            )
 
 
 def _error_entry(path: str | os.PathLike, reason: str) -> dict[str, Any]:
     return {
-        "input": str(path),
+        "input": os.fspath(path),
         "status": "error",
         "outputs": [],
         "class": None,
@@ -239,7 +211,7 @@ def run_explain(
     Ctrl-C or ``kill`` (SIGTERM) during the work: the writes in flight finish, the exit code
     is 130 and the report has what was done; before the work starts, ``KeyboardInterrupt``.
     """
-    with _terminate_as_interrupt():
+    with interrupt.stop_once(), _warnings_to(report):
         return _run_explain(options, report, progress_factory)
 
 
@@ -256,6 +228,7 @@ def _run_explain(
         raise UsageError(str(exc)) from None
     # Inputs and the output folder are checked before the model loads: a typo or a folder
     # that cannot be written is reported now, not after a download or an hour of compute.
+    check_inputs_outside(options.inputs, options.output)
     images, missing = discover(options.inputs, options.patterns, exclude=[options.output])
     if not images and not missing:
         raise UsageError("no input images given")
@@ -302,24 +275,33 @@ def _run_explain(
         "device": str(device),
         "versions": package_versions(),
     }
-    manifest = Manifest(options.output / "manifest.jsonl", common)
-    for item in missing:
-        report.failed(item.path, item.reason)
-        manifest.record(_error_entry(item.path, item.reason))
+    try:
+        manifest = Manifest(options.output / "manifest.jsonl", common)
+    except OSError as exc:
+        raise UsageError(
+            f"{shown(options.output / 'manifest.jsonl')}: cannot write the manifest "
+            f"({exc.strerror or exc})"
+        ) from None
+    try:
+        for item in missing:
+            report.failed(item.path, item.reason)
+            manifest.record(_error_entry(item.path, item.reason))
+    except OSError as exc:
+        report.failed(manifest.path, _manifest_failure(exc), exc)
+        manifest.close()
+        return report.exit_code
     if missing and options.fail_fast:
         manifest.close()
         return report.exit_code
 
-    remove_stale_temporaries(images, options)
+    outputs.remove_stale_temporaries(
+        path
+        for image in images
+        for files in output_names(image.relative, options)
+        for path in files.values()
+    )
     if options.skip_existing:
-        todo = []
-        for image in images:
-            names = output_names(image.relative, options)
-            if all(p.is_file() for files in names for p in files.values()):
-                report.done(ImageResult(str(image.path), skipped=True))
-            else:
-                todo.append(image)
-        images = todo
+        images = _not_done(images, options, report, manifest)
 
     attribution_model = model
     try:
@@ -352,22 +334,41 @@ def _run_explain(
     return report.exit_code
 
 
+def _not_done(
+    images: list[InputImage], options: ExplainOptions, report: Report, manifest: Manifest
+) -> list[InputImage]:
+    """``--skip-existing``: the images still to do. Done means all outputs on disk *and* a
+    manifest line saying so: a run killed between its last write and its manifest line
+    (``kill -9``) left outputs the manifest does not know, and those images are done again,
+    which rewrites the same maps and adds their line."""
+    relatives, inputs = outputs.recorded_done(read_manifest(manifest.path))
+    todo = []
+    for image in images:
+        names = output_names(image.relative, options)
+        on_disk = all(outputs.exists(p) for files in names for p in files.values())
+        recorded = image.relative.as_posix() in relatives or os.fspath(image.path) in inputs
+        if on_disk and recorded:
+            report.done(ImageResult(os.fspath(image.path), skipped=True))
+        else:
+            todo.append(image)
+    return todo
+
+
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """``kill`` (SIGTERM) stops like Ctrl-C: finish the writes in flight, then report. Only
-    the main thread can set signal handlers; elsewhere SIGTERM keeps its own."""
+def _warnings_to(report: Report) -> Iterator[None]:
+    """Library warnings (Pillow, torch) become one ``warning:`` line each through the report,
+    not Python's two-line format with a source line; each distinct one once."""
+    seen: set[str] = set()
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = f"{category.__name__}: {message}"
+        if text not in seen:
+            seen.add(text)
+            report.warn(text)
 
-    if threading.current_thread() is not threading.main_thread():
+    with warnings.catch_warnings():
+        warnings.showwarning = show
         yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _Pipeline:
@@ -491,6 +492,16 @@ class _Pipeline:
             raise _Abort from None
         k = len(classes[0])
         for i, item in enumerate(good):
+            # A model or a gradient that overflows gives NaN: that is no map, and NaN is not
+            # JSON either. The image fails; the others in its chunk are unaffected.
+            if not torch.isfinite(probs[i]).all():
+                self._fail(item.image.path, "the model's scores are not finite (NaN or inf)", None)
+                continue
+            if not np.isfinite(maps[i * k : (i + 1) * k]).all():
+                self._fail(
+                    item.image.path, "the map is not finite (NaN or inf in the gradient)", None
+                )
+                continue
             results = [
                 MapResult(
                     rank=rank + 1,
@@ -564,12 +575,13 @@ class _Pipeline:
                 continue
             finally:
                 item.photo = None
-            result = ImageResult(str(item.image.path), results)
+            result = ImageResult(os.fspath(item.image.path), results)
             self.report.done(result)
             top = results[0]
             self._record(
                 {
-                    "input": str(item.image.path),
+                    "input": os.fspath(item.image.path),
+                    "relative": item.image.relative.as_posix(),
                     "status": "ok",
                     "outputs": [path for m in results for path in m.outputs.values()],
                     "class": top.class_name,
@@ -594,12 +606,12 @@ class _Pipeline:
         except OSError as exc:
             if not fatal:
                 return
-            self.report.failed(
-                self.manifest.path,
-                f"cannot write the manifest ({exc.strerror or exc}); stopping the run",
-                exc,
-            )
+            self.report.failed(self.manifest.path, _manifest_failure(exc), exc)
             raise _Abort from None
+
+
+def _manifest_failure(exc: OSError) -> str:
+    return f"cannot write the manifest ({exc.strerror or exc}); stopping the run"
 
 
 class _Abort(KeyboardInterrupt):

@@ -1,0 +1,59 @@
+"""Ctrl-C and ``kill`` stop a run the same way, once: the writes in flight finish, the summary
+so far is printed, the exit code is 130.
+
+The first SIGINT or SIGTERM raises ``KeyboardInterrupt`` where the main thread is; any
+signal after it, while that clean-up runs, is only noted, so a second ``kill`` (a supervisor
+that sends SIGTERM twice, an impatient Ctrl-C) cannot cut the clean-up short and leave a
+traceback or a process killed by its signal. This module imports nothing heavy, so the
+handler is in place before torch starts to load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.stopping:
+            return  # already stopping: let the clean-up finish
+        self.stopping = True
+        raise KeyboardInterrupt
+
+
+def install() -> _Handler | None:
+    """Handle SIGINT and SIGTERM as above for the rest of the process (the command line's
+    entry point calls this first). Only the main thread can set handlers; elsewhere nothing
+    changes and ``None`` comes back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = _Handler()
+    for signum in _SIGNALS:
+        signal.signal(signum, handler)
+    return handler
+
+
+@contextlib.contextmanager
+def stop_once() -> Iterator[None]:
+    """The same handling for one block (a run called as a library, or from tests), with the
+    previous handlers back afterwards."""
+    if threading.current_thread() is not threading.main_thread() or isinstance(
+        signal.getsignal(signal.SIGTERM), _Handler
+    ):
+        yield  # no handlers to set here, or the process-wide ones are in place already
+        return
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    install()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
