@@ -26,6 +26,13 @@ Definitions (also in the README):
   model whose top layers (conv and linear layers, counted from the output) are re-drawn at
   random; its Spearman correlation with the original normalised map must stay below a
   threshold. The user's model and its files are never touched.
+
+Files a spec names (images, masks, goldens, a ``weights`` file) are relative to its folder.
+``--update-golden`` writes only there: a golden whose path, symlinks resolved, leaves the
+spec's folder is a spec error unless ``--allow-outside-spec-folder`` is given (and even then
+its folder must exist; missing sub-folders are made only inside the spec's folder), and a
+file that is not a ``.npy`` map loading without pickle is never overwritten (a spec error).
+Both are found before any model is loaded, so a refused spec writes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -46,9 +54,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from . import engine, render
+from . import engine, names, render
 from .images import ImageError, load_image
-from .models import EMBEDDED, LoadedModel, ModelError, load_model
+from .models import EMBEDDED, LoadedModel, ModelError, _looks_like_file, load_model
 
 try:
     import tomllib
@@ -78,6 +86,21 @@ DEFAULT_GOLDEN_RANK_CORRELATION = 0.9
 
 class SpecError(Exception):
     """The spec cannot be run; the message is one line naming the file, case and key."""
+
+    def __init__(self, message: str) -> None:
+        # The message quotes case names, file names and what libraries said: whatever slips
+        # through unescaped must still not start a new line or drive the terminal.
+        super().__init__(_line(message))
+
+
+def _line(text: str) -> str:
+    """``text`` for one line of output: as written when printable (so the spaces of a file
+    name survive), else through ``names.one_line``."""
+    return text if text.isprintable() else names.one_line(text)
+
+
+def _case_label(name: str) -> str:
+    return f'case "{name}"' if name.isprintable() else f"case {names.shown(name)}"
 
 
 # --- metrics (pure numpy) -----------------------------------------------------------------
@@ -288,23 +311,23 @@ class Case:
     sanity: Sanity | None = None
 
     def check_names(self) -> list[str]:
-        names = []
+        checks = []
         if self.expect_class is not None:
-            names.append("expect_class")
+            checks.append("expect_class")
             if self.min_probability is not None:
-                names.append("min_probability")
+                checks.append("min_probability")
         if self.min_mass is not None:
-            names.append("min_mass")
+            checks.append("min_mass")
         if self.pointing:
-            names.append("pointing")
+            checks.append("pointing")
         if self.golden is not None:
             if self.min_rank_correlation is not None:
-                names.append("min_rank_correlation")
+                checks.append("min_rank_correlation")
             if self.max_mean_abs_diff is not None:
-                names.append("max_mean_abs_diff")
+                checks.append("max_mean_abs_diff")
         if self.sanity is not None:
-            names.append("sanity")
-        return names
+            checks.append("sanity")
+        return checks
 
 
 @dataclass
@@ -367,14 +390,16 @@ def _choice(where: _Where, key: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def _settings_values(where: _Where, table: dict[str, Any]) -> dict[str, Any]:
-    """Validated values of the setting keys present in ``table``."""
+def _settings_values(where: _Where, table: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Validated values of the setting keys present in ``table``; files relative to ``root``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in SETTING_KEYS:
             continue
-        if key in ("model", "weights"):
+        if key == "model":
             out[key] = _string(where, key, value)
+        elif key == "weights":
+            out[key] = _spec_weights(_string(where, key, value), root)
         elif key == "method":
             out[key] = _choice(where, key, value, engine.BASE_METHODS)
         elif key == "smoothing":
@@ -390,6 +415,16 @@ def _settings_values(where: _Where, table: dict[str, Any]) -> dict[str, Any]:
         elif key == "target":
             out[key] = _class_ref(where, key, value)
     return out
+
+
+def _spec_weights(value: str, root: Path) -> str:
+    """A weights file named in a spec lies beside the spec, as its images do; an enum name
+    (``DEFAULT``, ``IMAGENET1K_V1``) stays a name. The loader's own rule tells a file from a
+    name, asked of the spec's folder as well as of the name itself."""
+    beside_spec = root / value  # an absolute value stays itself
+    if _looks_like_file(value) or beside_spec.exists():
+        return str(beside_spec)
+    return value
 
 
 def _class_ref(where: _Where, key: str, value: Any) -> str | int:
@@ -425,6 +460,7 @@ def image_size(path: Path) -> tuple[int, int] | None:
 
 
 def _read_mask(where: _Where, path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    shown = names.shown(path)
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
@@ -432,16 +468,16 @@ def _read_mask(where: _Where, path: Path, size: tuple[int, int] | None) -> np.nd
                 image = image.convert("L")
             mask = np.asarray(image) != 0
     except Exception as exc:
-        raise where.error("mask", f"cannot read {path} as an image ({exc})") from None
+        raise where.error("mask", f"cannot read {shown} as an image ({exc})") from None
     if mask.ndim != 2:
-        raise where.error("mask", f"{path} is not a single-channel mask")
+        raise where.error("mask", f"{shown} is not a single-channel mask")
     if size is not None and (mask.shape[1], mask.shape[0]) != size:
         raise where.error(
             "mask",
-            f"{path} is {mask.shape[1]}×{mask.shape[0]} but the image is {size[0]}×{size[1]}",
+            f"{shown} is {mask.shape[1]}×{mask.shape[0]} but the image is {size[0]}×{size[1]}",
         )
     if not mask.any():
-        raise where.error("mask", f"{path} is empty (no nonzero pixel)")
+        raise where.error("mask", f"{shown} is empty (no nonzero pixel)")
     return mask
 
 
@@ -467,24 +503,35 @@ def _read_box(where: _Where, value: Any, size: tuple[int, int] | None) -> tuple[
 def parse_spec(path: Path | str) -> Spec:
     """Read and validate a spec; raise ``SpecError`` with a one-line message."""
     path = Path(path)
-    shown = str(path)
+    shown = names.shown(path)
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SpecError(f"{shown}: spec file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{shown}: is a folder, not a spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{shown}: cannot read spec ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{shown}: not valid TOML ({exc})") from None
-    return spec_from_dict(data, path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise SpecError(f"{shown}: spec file not found") from None
+        except IsADirectoryError:
+            raise SpecError(f"{shown}: is a folder, not a spec file") from None
+        except OSError as exc:
+            raise SpecError(f"{shown}: cannot read spec ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:  # tomllib decodes the whole file first: an image, say
+            byte = exc.object[exc.start]
+            raise SpecError(
+                f"{shown}: not a TOML spec: not UTF-8 text "
+                f"(byte 0x{byte:02x} at offset {exc.start})"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{shown}: not valid TOML ({exc})") from None
+        return spec_from_dict(data, path)
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively, and the checks quote
+        # the values they reject: a few thousand levels of [[[…]]] exhaust the stack.
+        raise SpecError(f"{shown}: not a TOML spec: arrays or tables nested too deeply") from None
 
 
 def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
     """Validate a decoded spec; relative files are taken from ``path``'s folder."""
-    shown = str(path)
+    shown = names.shown(path)
     root = path.parent
     top = _Where(shown, "spec")
     for key in data:
@@ -495,7 +542,7 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
     if not isinstance(defaults_table, dict):
         raise top.error("defaults", "expected a table [defaults]")
     _unknown_keys(dwhere, defaults_table, DEFAULT_KEYS)
-    defaults = _settings_values(dwhere, defaults_table)
+    defaults = _settings_values(dwhere, defaults_table, root)
     device = "auto"
     if "device" in defaults_table:
         device = _string(dwhere, "device", defaults_table["device"])
@@ -513,7 +560,7 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
     goldens: dict[Path, str] = {}
     for number, table in enumerate(raw_cases, start=1):
         name = table.get("name")
-        label = f'case "{name}"' if isinstance(name, str) and name.strip() else f"case #{number}"
+        label = _case_label(name) if isinstance(name, str) and name.strip() else f"case #{number}"
         where = _Where(shown, label)
         if "name" not in table:
             raise where.error("name", "missing (every case needs a name)")
@@ -523,21 +570,32 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
         seen.add(name)
         case = _parse_case(where, name, table, defaults, root)
         if case.golden is not None:
-            other = goldens.get(case.golden.resolve())
+            resolved = _resolved_golden(where, case)
+            other = goldens.get(resolved)
             if other is not None:
                 raise where.error(
-                    "golden", f'{case.golden_text} is also the golden of case "{other}"'
+                    "golden",
+                    f"{names.shown(case.golden_text)} is also the golden of {_case_label(other)}",
                 )
-            goldens[case.golden.resolve()] = name
+            goldens[resolved] = name
         cases.append(case)
     return Spec(path=path, cases=cases, device=device)
+
+
+def _resolved_golden(where: _Where, case: Case) -> Path:
+    try:
+        return case.golden.resolve()  # ../, symlinks and absolute paths alike
+    except (OSError, RuntimeError) as exc:  # a symlink loop, say
+        raise where.error(
+            "golden", f"cannot resolve {names.shown(case.golden_text)} ({exc})"
+        ) from None
 
 
 def _parse_case(
     where: _Where, name: str, table: dict[str, Any], defaults: dict[str, Any], root: Path
 ) -> Case:
     _unknown_keys(where, table, CASE_KEYS)
-    overrides = _settings_values(where, table)
+    overrides = _settings_values(where, table, root)
     settings = Settings(**{**defaults, **overrides})
     origin = {key: ("case" if key in overrides else "defaults") for key in SETTING_KEYS}
 
@@ -546,9 +604,9 @@ def _parse_case(
     image_text = _string(where, "image", table["image"])
     image = root / image_text
     if not image.exists():
-        raise where.error("image", f"file not found: {image}")
+        raise where.error("image", f"file not found: {names.shown(image)}")
     if image.is_dir():
-        raise where.error("image", f"{image} is a folder, not an image")
+        raise where.error("image", f"{names.shown(image)} is a folder, not an image")
     size = image_size(image)
     case = Case(name=name, image=image, settings=settings, setting_origin=origin, image_size=size)
 
@@ -577,7 +635,7 @@ def _parse_case(
         mask_text = _string(where, "mask", table["mask"])
         mask_path = root / mask_text
         if not mask_path.is_file():
-            raise where.error("mask", f"file not found: {mask_path}")
+            raise where.error("mask", f"file not found: {names.shown(mask_path)}")
         case.region = Region(mask=_read_mask(where, mask_path, size), source=mask_text)
     if "min_mass" in table:
         case.min_mass = _number(where, "min_mass", table["min_mass"], 0, 1)
@@ -769,8 +827,23 @@ def _map_of(attribution: np.ndarray) -> _CaseMap:
     )
 
 
+def _is_golden_npy(path: Path) -> bool:
+    """Whether ``path`` holds a ``.npy`` array that loads without pickle, as goldens do."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                return False  # np.load would also take a .npz or a pickle
+        return isinstance(np.load(path, allow_pickle=False), np.ndarray)
+    except Exception:
+        return False
+
+
 class Checker:
-    """Runs a validated spec. ``loader`` builds models (tests pass a cached one)."""
+    """Runs a validated spec. ``loader`` builds models (tests pass a cached one).
+
+    With ``update_golden`` the goldens are written instead of compared, only inside the
+    spec's folder unless ``allow_outside_spec_folder`` (see ``_golden_target``).
+    """
 
     def __init__(
         self,
@@ -778,6 +851,7 @@ class Checker:
         *,
         device: str | None = None,
         update_golden: bool = False,
+        allow_outside_spec_folder: bool = False,
         log: Callable[[str], None] | None = None,
         verbose: bool = False,
         loader: Callable[[str, str | None], LoadedModel] = load_model,
@@ -786,15 +860,44 @@ class Checker:
         self.device_text = device or spec.device
         self.device_from_cli = device is not None
         self.update_golden = update_golden
+        self.allow_outside_spec_folder = allow_outside_spec_folder
         self.log = log or (lambda message: None)
         self.verbose = verbose
         self.loader = loader
-        self.where = {c.name: _Where(str(spec.path), f'case "{c.name}"') for c in spec.cases}
+        self.shown_spec = names.shown(spec.path)
+        self.where = {c.name: _Where(self.shown_spec, _case_label(c.name)) for c in spec.cases}
 
     def _setting_error(self, case: Case, key: str, detail: str) -> SpecError:
         if case.setting_origin.get(key) == "defaults":
-            return _Where(str(self.spec.path), "defaults").error(key, detail)
+            return _Where(self.shown_spec, "defaults").error(key, detail)
         return self.where[case.name].error(key, detail)
+
+    def _golden_target(self, case: Case) -> Path:
+        """The file ``--update-golden`` writes for ``case``: its golden path with symlinks
+        resolved. A spec error when the spec may not make the tool write there: outside the
+        spec's folder (unless allowed), into a missing folder outside it, or over anything
+        but a golden ``.npy`` map."""
+        where = self.where[case.name]
+        shown = names.shown(case.golden_text)
+        target = _resolved_golden(where, case)
+        if not target.is_relative_to(self.spec.path.parent.resolve()):
+            if not self.allow_outside_spec_folder:
+                raise where.error(
+                    "golden",
+                    f"{shown} is outside the spec's folder ({names.shown(target)}); pass "
+                    "--allow-outside-spec-folder to let --update-golden write there",
+                )
+            if not target.parent.is_dir():
+                # Missing folders are made only inside the spec's folder.
+                raise where.error("golden", f"folder {names.shown(target.parent)} does not exist")
+        if target.exists():
+            if not target.is_file():
+                raise where.error("golden", f"{shown} exists and is not a file")
+            if not _is_golden_npy(target):
+                raise where.error(
+                    "golden", f"{shown} exists and is not a .npy golden map: not overwriting it"
+                )
+        return target
 
     # set-up: everything that can make the spec invalid is found before any map is computed
     def prepare(self) -> None:
@@ -803,7 +906,12 @@ class Checker:
         except ValueError as exc:
             if self.device_from_cli:
                 raise SpecError(f"--device: {exc}") from None
-            raise _Where(str(self.spec.path), "defaults").error("device", str(exc)) from None
+            raise _Where(self.shown_spec, "defaults").error("device", str(exc)) from None
+        # Before any model is loaded: a spec that may not write its goldens fails at once.
+        if self.update_golden:
+            for case in self.spec.cases:
+                if case.golden is not None:
+                    self._golden_target(case)
         self.models: dict[tuple[str, str | None], _Prepared] = {}
         self.targets: dict[str, int | None] = {}
         self.expected: dict[str, list[int]] = {}
@@ -888,30 +996,32 @@ class Checker:
                 by_case[case.name] = results
                 failed = sum(not r.passed for r in results)
                 verdict = "ok" if not failed else f"{failed} of {len(results)} failed"
-                self.log(f"[{number}/{len(order)}] {case.name}: {verdict} ({seconds:.1f} s)")
+                self.log(
+                    f"[{number}/{len(order)}] {names.shown(case.name)}: {verdict} ({seconds:.1f} s)"
+                )
         for case in self.spec.cases:
             run.results.extend(by_case[case.name])
         run.seconds = time.perf_counter() - started
         return run
 
     def _run_case(self, case: Case, run: CheckRun) -> list[CheckResult]:
-        names = case.check_names()
+        checks = case.check_names()
         try:
             return self._checks(case, run)
         except ImageError as exc:
-            message = f"{case.image}: image could not be loaded: {exc}"
+            message = f"{names.shown(case.image)}: image could not be loaded: {names.one_line(exc)}"
             self.log(f"error: {message}")
             return [
                 CheckResult(case.name, name, False, "image failed", "", message=message)
-                for name in names
+                for name in checks
             ]
         except Exception as exc:  # a failure inside one case must not hide the others
-            message = f"{type(exc).__name__}: {exc}"
-            self.log(f"error: case {case.name!r}: {message}")
+            message = f"{type(exc).__name__}: {names.one_line(exc)}"
+            self.log(f"error: {_case_label(case.name)}: {message}")
             if self.verbose:
                 self.log("".join(traceback.format_exception(exc)).rstrip())
             return [
-                CheckResult(case.name, name, False, "error", "", message=message) for name in names
+                CheckResult(case.name, name, False, "error", "", message=message) for name in checks
             ]
 
     def _checks(self, case: Case, run: CheckRun) -> list[CheckResult]:
@@ -929,7 +1039,10 @@ class Checker:
             target = int(order[0])
         if self.verbose:
             top = ", ".join(f"{loaded.categories[int(i)]} {float(probs[i]):.3f}" for i in order[:5])
-            self.log(f"{case.name}: top-5 {top}; map of {loaded.categories[target]} ({target})")
+            self.log(
+                f"{names.shown(case.name)}: top-5 {top}; map of {loaded.categories[target]} "
+                f"({target})"
+            )
 
         results: list[CheckResult] = []
         add = results.append
@@ -1122,10 +1235,23 @@ class Checker:
                 ("max_mean_abs_diff", f"<= {case.max_mean_abs_diff:g}", case.max_mean_abs_diff)
             )
         path = case.golden
+        shown = names.shown(path)
+
+        def fail(message: str, measured: str = "no golden") -> list[CheckResult]:
+            return [
+                CheckResult(name, check, False, measured, threshold, limit=limit, message=message)
+                for check, threshold, limit in checks
+            ]
+
         if self.update_golden:
-            render.save_npy(cmap.attribution, path)
+            try:
+                # Checked again: the folder may have changed while the maps were computed.
+                target = self._golden_target(case)
+            except SpecError as exc:
+                return fail(str(exc), "not written")
+            render.save_npy(cmap.attribution, target)
             run.written.append(path)
-            self.log(f"wrote golden map {path}")
+            self.log(f"wrote golden map {shown}")
             return [
                 CheckResult(
                     name,
@@ -1134,37 +1260,30 @@ class Checker:
                     "written",
                     threshold,
                     limit=limit,
-                    message=f"golden map written to {path}",
-                )
-                for check, threshold, limit in checks
-            ]
-
-        def fail(message: str) -> list[CheckResult]:
-            return [
-                CheckResult(
-                    name, check, False, "no golden", threshold, limit=limit, message=message
+                    message=f"golden map written to {shown}",
                 )
                 for check, threshold, limit in checks
             ]
 
         if not path.is_file():
             return fail(
-                f"golden file {path} not found: write it with "
-                f"`smoothgrad check {self.spec.path} --update-golden`"
+                f"golden file {shown} not found: write it with "
+                f"`smoothgrad check {self.shown_spec} --update-golden`"
             )
         try:
             golden = np.load(path, allow_pickle=False)
         except Exception as exc:
-            return fail(f"golden file {path} cannot be read as .npy ({exc})")
+            return fail(f"golden file {shown} cannot be read as .npy ({exc})")
         if golden.shape != cmap.attribution.shape:
             return fail(
-                f"golden map {path} has shape {golden.shape}, the map has "
+                f"golden map {shown} has shape {golden.shape}, the map has "
                 f"{cmap.attribution.shape}: refresh it with --update-golden"
             )
         if not np.isfinite(golden).all():
-            return fail(f"golden map {path} holds NaN or infinite values")
+            return fail(f"golden map {shown} holds NaN or infinite values")
         ours = pool_map(cmap.normalised, case.pool)
         theirs = pool_map(render.magnitude_map(golden), case.pool)
+        shown_name = names.shown(path.name)
         out = []
         for check, threshold, limit in checks:
             if check == "min_rank_correlation":
@@ -1179,7 +1298,7 @@ class Checker:
                         threshold,
                         value=rho,
                         limit=limit,
-                        message="" if ok else f"rank correlation with {path.name} is {rho:.3f}",
+                        message="" if ok else f"rank correlation with {shown_name} is {rho:.3f}",
                     )
                 )
             else:
@@ -1194,7 +1313,7 @@ class Checker:
                         threshold,
                         value=diff,
                         limit=limit,
-                        message="" if ok else f"mean |difference| from {path.name} is {diff:.4f}",
+                        message="" if ok else f"mean |difference| from {shown_name} is {diff:.4f}",
                     )
                 )
         return out
@@ -1236,17 +1355,38 @@ class _deterministic:
 # --- reports ------------------------------------------------------------------------------
 
 
+#: What XML 1.0 cannot hold, even as a character reference: C0 controls but tab, newline and
+#: carriage return, U+FFFE, U+FFFF and lone surrogates (a file name byte that is not UTF-8).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """``text`` with each character XML 1.0 forbids written as its Python escape (``\\x1b``,
+    ``\\ufffe``, ``\\udcff``): the report stays well-formed and names stay recognisable."""
+    return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _xml_element(parent: ET.Element | None, tag: str, text: str | None = None, **attrib: str):
+    attrib = {key: _xml_text(value) for key, value in attrib.items()}
+    element = ET.Element(tag, attrib) if parent is None else ET.SubElement(parent, tag, attrib)
+    if text is not None:
+        element.text = _xml_text(text)
+    return element
+
+
 def junit_xml(run: CheckRun, suite: str = "smoothgrad check") -> bytes:
-    """One <testcase> per case × check (classname = case, name = check)."""
+    """One <testcase> per case × check (classname = case, name = check). Characters XML
+    cannot hold are escaped (see ``_xml_text``)."""
     failures = len(run.failures)
-    root = ET.Element(
+    root = _xml_element(
+        None,
         "testsuites",
         tests=str(len(run.results)),
         failures=str(failures),
         errors="0",
         time=f"{run.seconds:.3f}",
     )
-    suite_el = ET.SubElement(
+    suite_el = _xml_element(
         root,
         "testsuite",
         name=suite,
@@ -1256,21 +1396,23 @@ def junit_xml(run: CheckRun, suite: str = "smoothgrad check") -> bytes:
         skipped="0",
         time=f"{run.seconds:.3f}",
     )
-    props = ET.SubElement(suite_el, "properties")
-    ET.SubElement(props, "property", name="device", value=run.device)
+    props = _xml_element(suite_el, "properties")
+    _xml_element(props, "property", name="device", value=run.device)
     for r in run.results:
-        case_el = ET.SubElement(
+        case_el = _xml_element(
             suite_el, "testcase", classname=r.case, name=r.check, time=f"{r.seconds:.3f}"
         )
         detail = f"measured {r.measured}, threshold {r.threshold}".strip(", ")
         if not r.passed:
-            failure = ET.SubElement(
-                case_el, "failure", message=r.message or detail, type="CheckFailed"
+            _xml_element(
+                case_el,
+                "failure",
+                f"{r.image}\n{detail}\n{r.message}".strip(),
+                message=r.message or detail,
+                type="CheckFailed",
             )
-            failure.text = f"{r.image}\n{detail}\n{r.message}".strip()
         else:
-            out = ET.SubElement(case_el, "system-out")
-            out.text = detail
+            _xml_element(case_el, "system-out", detail)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
@@ -1292,14 +1434,14 @@ def results_table(run: CheckRun):
     last = None
     for r in run.results:
         row = [
-            escape(r.case) if r.case != last else "",
+            escape(names.shown(r.case)) if r.case != last else "",
             r.check,
             escape(r.measured),
             escape(r.threshold),
             "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]",
         ]
         if notes:
-            row.append(escape(r.message) if not r.passed else "")
+            row.append(escape(_line(r.message)) if not r.passed else "")
         table.add_row(*row)
         last = r.case
     return table
@@ -1313,7 +1455,7 @@ def summary(run: CheckRun) -> str:
         f"{len(run.results) - len(failed)} passed, {len(failed)} failed in {run.seconds:.1f} s"
     )
     if failed:
-        shown = ", ".join(f"{r.case}/{r.check}" for r in failed[:5])
+        shown = ", ".join(f"{names.shown(r.case)}/{r.check}" for r in failed[:5])
         text += f" ({shown}{', …' if len(failed) > 5 else ''})"
     return text
 
@@ -1324,6 +1466,7 @@ def check_main(
     junit: Path | None = None,
     json_lines: bool = False,
     update_golden: bool = False,
+    allow_outside_spec_folder: bool = False,
     device: str | None = None,
     verbose: bool = False,
     loader: Callable[[str, str | None], LoadedModel] = load_model,
@@ -1345,6 +1488,7 @@ def check_main(
             spec,
             device=device,
             update_golden=update_golden,
+            allow_outside_spec_folder=allow_outside_spec_folder,
             log=log,
             verbose=verbose,
             loader=loader,
@@ -1362,11 +1506,13 @@ def check_main(
             render.atomic_write(junit, junit_xml(run))
         except OSError as exc:
             err.print(
-                f"smoothgrad: error: cannot write {junit} ({exc.strerror or exc})", markup=False
+                f"smoothgrad: error: cannot write {names.shown(junit)} "
+                f"({names.one_line(exc.strerror or exc)})",
+                markup=False,
             )
             return EXIT_FAILED
     for path in run.written:
-        log(f"updated golden: {path}")
+        log(f"updated golden: {names.shown(path)}")
     log(summary(run))
     return run.exit_code
 
