@@ -220,43 +220,51 @@ def explain(
     ] = False,
 ) -> None:
     """Write SmoothGrad maps for images, files or whole folders."""
+    report = Report(json_lines=json_lines, verbose=verbose)
+    try:
+        _explain(
+            report,
+            None if quiet else _progress(report.err),
+            inputs=inputs,
+            output=output,
+            model=model,
+            weights=weights,
+            method=method,
+            smoothing=smoothing,
+            noise=noise,
+            samples=samples,
+            seed=seed,
+            batch_size=batch_size,
+            ig_steps=ig_steps,
+            target=target,
+            top_k=top_k,
+            device=device,
+            precision=precision,
+            compile=compile_model,
+            percentile=percentile,
+            cmap=cmap,
+            overlay=overlay,
+            diverging=diverging,
+            save_raw=save_raw,
+            skip_existing=skip_existing,
+            fail_fast=fail_fast,
+            max_pixels=max_pixels,
+            patterns=pattern,
+            workers=workers,
+        )
+    except KeyboardInterrupt:  # in start-up (importing torch, loading the model): nothing done
+        report.interrupted = True
+    raise typer.Exit(report.finish())
+
+
+def _explain(report: Report, progress, **options) -> None:
     # torch is imported here, not at the top, so that --help and --version answer at once.
     from .runner import ExplainOptions, UsageError, run_explain
 
-    options = ExplainOptions(
-        inputs=inputs,
-        output=output,
-        model=model,
-        weights=weights,
-        method=method,
-        smoothing=smoothing,
-        noise=noise,
-        samples=samples,
-        seed=seed,
-        batch_size=batch_size,
-        ig_steps=ig_steps,
-        target=target,
-        top_k=top_k,
-        device=device,
-        precision=precision,
-        compile=compile_model,
-        percentile=percentile,
-        cmap=cmap,
-        overlay=overlay,
-        diverging=diverging,
-        save_raw=save_raw,
-        skip_existing=skip_existing,
-        fail_fast=fail_fast,
-        max_pixels=max_pixels,
-        patterns=pattern,
-        workers=workers,
-    )
-    report = Report(json_lines=json_lines, verbose=verbose)
     try:
-        run_explain(options, report, None if quiet else _progress(report.err))
+        run_explain(ExplainOptions(**options), report, progress)
     except UsageError as exc:
         _usage_error(str(exc))
-    raise typer.Exit(report.finish())
 
 
 @app.command("models")
@@ -289,7 +297,10 @@ def models_command(
 
 @app.command("check")
 def check_command(
-    spec: Annotated[Path, typer.Argument(help="The TOML spec: [defaults] and [[case]] tables.")],
+    spec: Annotated[
+        # escaped: Typer reads help as rich markup, where [defaults] would be a style tag
+        Path, typer.Argument(help="The TOML spec: \\[defaults] and \\[\\[case]] tables.")
+    ],
     junit: Annotated[
         Path | None, typer.Option(help="Also write a JUnit XML report (one test per check).")
     ] = None,
@@ -297,6 +308,14 @@ def check_command(
     update_golden: Annotated[
         bool,
         typer.Option("--update-golden", help="Write or refresh the golden maps named in the spec."),
+    ] = False,
+    allow_outside_spec_folder: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-spec-folder",
+            help="Let --update-golden write goldens the spec places outside its own folder "
+            "(through ../, an absolute path or a symlink), into folders that exist.",
+        ),
     ] = False,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides the spec).")
@@ -317,6 +336,7 @@ def check_command(
             junit=junit,
             json_lines=json_lines,
             update_golden=update_golden,
+            allow_outside_spec_folder=allow_outside_spec_folder,
             device=device,
             verbose=verbose,
         )
