@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import jpeg
+
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif",
 )  # fmt: skip
@@ -152,7 +154,8 @@ def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     """Decode ``path`` into an 8-bit RGB photo, upright.
 
     Handles grayscale, palette, RGBA/LA (composited on ``BACKGROUND``), CMYK, 16-bit, EXIF
-    orientation and animated images (first frame). Raises ``ImageError`` with the reason.
+    orientation and animated images (first frame). Raises ``ImageError`` with the reason,
+    for a JPEG whose data ends early or is corrupt too (libjpeg would pad it with grey).
     Images of more than ``max_pixels`` pixels (``None``: no limit) are refused from their
     header, before any pixel is decoded.
     """
@@ -178,10 +181,15 @@ def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
             if max_pixels is not None and pixels > max_pixels:
                 raise ImageError(_bomb_message(pixels, max_pixels))
             image.seek(0)  # animated GIF/PNG/WebP: the first frame
-            image.load()
+            if image.format in ("JPEG", "MPO"):
+                jpeg.load(image, handle)
+            else:
+                image.load()
             return _to_rgb(image)
     except ImageError:
         raise
+    except jpeg.DamagedJpeg as exc:
+        raise ImageError(f"truncated or corrupt image ({exc})") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except FileNotFoundError:
