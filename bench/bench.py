@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smoothgrad_cli import engine, tuning  # noqa: E402
+from smoothgrad_cli.check.metrics import spearman  # noqa: E402
 from smoothgrad_cli.models import load_model  # noqa: E402
 
 SAMPLES = 50
@@ -134,12 +135,6 @@ def pooled_magnitude(attribution: torch.Tensor, cells: int = 14) -> np.ndarray:
     return torch.nn.functional.adaptive_avg_pool2d(magnitude, cells).flatten().cpu().numpy()
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 # ------------------------------------------------------------------------------------------
 # the peers
 
@@ -223,7 +218,7 @@ def as_given(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def floor_passes(model, x, t, chunk, precision):
     """Plain chunked forward+backward over len(x) × n noisy rows made beforehand: no noise
     drawing, no sums, nothing but the model's own work."""
-    memory_format = engine._input_format(model)
+    memory_format = engine.input_format(model)
     generator = torch.Generator().manual_seed(1)
     total = x.shape[0] * SAMPLES
     batches = []
@@ -248,7 +243,7 @@ def warm_up(contenders, ours, plain, px, pt, chunk, plain_chunk, sigmas, device,
             c = int(key.rsplit("-", 1)[1])
             engine.input_gradient(
                 model,
-                px[:1].expand(c, -1, -1, -1).contiguous(memory_format=engine._input_format(model)),
+                px[:1].expand(c, -1, -1, -1).contiguous(memory_format=engine.input_format(model)),
                 pt[:1].expand(c),
                 precision,
             )
@@ -579,8 +574,9 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
 
 
 def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
+    from smoothgrad_cli.explain import ExplainOptions, run_explain
     from smoothgrad_cli.report import Report
-    from smoothgrad_cli.runner import ExplainOptions, run_explain
+    from smoothgrad_cli.settings import MapSettings
 
     files = sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))
     work = Path(tempfile.mkdtemp(prefix="smoothgrad-bench-"))
@@ -592,12 +588,11 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
             shutil.copy(source, folder / f"{i:02d}-{source.name}")
         options = ExplainOptions(
             inputs=[str(folder)],
+            settings=MapSettings(
+                samples=SAMPLES, noise=NOISE * 100, seed=SEED, precision=precision
+            ),
             output=work / "out",
-            samples=SAMPLES,
-            noise=NOISE * 100,
-            seed=SEED,
             device=str(device),
-            precision=precision,
         )
         from io import StringIO
 

@@ -184,11 +184,11 @@ def fold_batchnorm(model: nn.Module, input_shape: Sequence[int]) -> int:
         for m in model.modules()
         if isinstance(m, nn.Conv2d) or _foldable_norm(m)
     ]
-    device = _model_device(model)
+    device = model_device(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((1, *input_shape), generator=generator).to(device, dtype)
-    example = example.contiguous(memory_format=_input_format(model)).requires_grad_(True)
+    example = example.contiguous(memory_format=input_format(model)).requires_grad_(True)
     try:
         with torch.enable_grad():
             output = model(example)
@@ -281,7 +281,8 @@ def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _input_format(model: nn.Module) -> torch.memory_format:
+def input_format(model: nn.Module) -> torch.memory_format:
+    """The memory layout the model's 4-D weights are in: inputs built in it skip a copy."""
     for p in model.parameters():
         if p.dim() == 4:
             if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
@@ -290,7 +291,8 @@ def _input_format(model: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (else its buffers) are; the CPU for an empty model."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -581,9 +583,9 @@ class SmoothGrad:
         chunk was halved.
         """
         x, target = _check_inputs(x, target)
-        device = _model_device(model)
+        device = model_device(model)
         precision = resolve_precision(self.precision, device)
-        memory_format = _input_format(model)
+        memory_format = input_format(model)
         x = x.detach().to(device, torch.float32)
         target = target.to(device)
         n_inputs = x.shape[0]
@@ -769,9 +771,9 @@ def default_batch_size(device: torch.device) -> int:
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 32, precision: str = "fp32") -> Tensor:
     """Class probabilities (softmax of the scores), ``(N, classes)``, in float32."""
-    device = _model_device(model)
+    device = model_device(model)
     precision = resolve_precision(precision, device)
-    memory_format = _input_format(model)
+    memory_format = input_format(model)
     out = []
     for start in range(0, x.shape[0], batch_size):
         batch = x[start : start + batch_size].to(device, torch.float32)
@@ -779,3 +781,12 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 32, precision: str = 
             scores = model(batch.contiguous(memory_format=memory_format))
         out.append(scores.float().softmax(-1))
     return torch.cat(out)
+
+
+__all__ = [
+    "BASE_METHODS", "PRECISIONS", "SMOOTHINGS", "BaseMethod", "Gradient", "GuidedBackprop",
+    "InplaceReLU6", "InputXGradient", "IntegratedGradients", "SmoothGrad", "aggregate",
+    "autocast", "default_batch_size", "fold_batchnorm", "input_format", "input_gradient",
+    "model_device", "predict", "prepare_model", "resolve_device", "resolve_precision",
+    "sample_seed",
+]  # fmt: skip

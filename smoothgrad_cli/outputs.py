@@ -17,9 +17,8 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from .render import TEMPORARY, temporary_stem
+from .files import TEMPORARY, temporary_stem
 
 #: the longest file name most Linux file systems take (ext4, XFS, Btrfs, tmpfs), in bytes
 NAME_MAX = 255
@@ -95,19 +94,3 @@ def remove_stale_temporaries(paths: Iterable[Path]) -> int:
                 except OSError:
                     pass
     return removed
-
-
-def recorded_done(entries: Iterable[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """From a manifest's entries: the ``relative`` names and the ``input`` spellings of the
-    images it records as done (manifests written before ``relative`` existed have only the
-    input)."""
-    relatives: set[str] = set()
-    inputs: set[str] = set()
-    for entry in entries:
-        if entry.get("status") != "ok":
-            continue
-        if isinstance(entry.get("relative"), str):
-            relatives.add(entry["relative"])
-        if isinstance(entry.get("input"), str):
-            inputs.add(entry["input"])
-    return relatives, inputs

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .errors import did_you_mean
+from .files import atomic_write
 
 DEFAULT_PERCENTILE = 99.0
 DEFAULT_OVERLAY_CMAP = "inferno"
@@ -28,10 +27,7 @@ def _colormaps():
 def check_cmap(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a matplotlib colormap."""
     if name not in _colormaps():
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_colormaps()), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, _colormaps())
         raise ValueError(f"unknown colormap {name!r}{hint}")
 
 
@@ -126,55 +122,7 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-# --- writing ------------------------------------------------------------------------------
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-#: ``atomic_write``'s temporary files: ``.<stem>.<8 random characters>.tmp``
-TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[A-Za-z0-9_]{8}\.tmp$", re.DOTALL)
-_TEMPORARY_ROOM = 255 - len("..12345678.tmp")
-
-
-def temporary_stem(name: str) -> str:
-    """What a temporary file for ``name`` is called after its leading dot: the name itself,
-    or, when that would make the temporary's name too long for the file system (255 bytes),
-    a digest of it, so any name that fits as an output can be written."""
-    raw = os.fsencode(name)
-    if len(raw) <= _TEMPORARY_ROOM:
-        return name
-    return "sg-" + hashlib.sha256(raw).hexdigest()[:32]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A crash, Ctrl-C or kill leaves either the old file or the complete new one, never a
-    truncated file; a full disk fails here, before the rename. No fsync: the rename is atomic
-    against the process dying, and syncing every map would throttle runs over big folders.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{temporary_stem(path.name)}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+# --- writing: through files.atomic_write, so no output is ever half there ------------------
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -6,25 +6,18 @@ errors and the summary go to stderr, one line each; tracebacks only with ``--ver
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import threading
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .names import json_line, one_line, shown
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -42,12 +35,19 @@ class ImageResult:
     maps: list[MapResult] = field(default_factory=list)
     skipped: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "status": "skipped" if self.skipped else "ok",
-            **{"maps": [asdict(m) for m in self.maps]},
-        }
+    def to_json(self, outputs: bool = True) -> dict[str, Any]:
+        """``maps`` with their files; without ``outputs`` (predictions only) ``predictions``."""
+        if outputs:
+            listed = {"maps": [asdict(m) for m in self.maps]}
+        else:
+            listed = {"predictions": [_without_outputs(m) for m in self.maps]}
+        return {"input": self.input, "status": "skipped" if self.skipped else "ok", **listed}
+
+
+def _without_outputs(result: MapResult) -> dict[str, Any]:
+    values = asdict(result)
+    values.pop("outputs")
+    return values
 
 
 class Report:
@@ -60,11 +60,17 @@ class Report:
         *,
         json_lines: bool = False,
         verbose: bool = False,
+        verb: str = "explained",
+        outputs: bool = True,
     ) -> None:
+        """``verb`` is what was done to the images, for the summary; ``outputs``: whether
+        results have files (maps) or are predictions only."""
         self.out = out or Console(highlight=False, soft_wrap=True)
         self.err = err or Console(stderr=True, highlight=False, soft_wrap=True)
         self.json_lines = json_lines
         self.verbose = verbose
+        self.verb = verb
+        self.outputs = outputs
         self.results: list[ImageResult] = []
         self.failures: list[tuple[str, str]] = []
         self.interrupted = False
@@ -74,7 +80,7 @@ class Report:
         with self._lock:
             self.results.append(result)
             if self.json_lines:
-                self._print_json(result.to_json())
+                self._print_json(result.to_json(self.outputs))
 
     def failed(
         self, path: str | os.PathLike, reason: str, exc: BaseException | None = None
@@ -111,7 +117,7 @@ class Report:
             self.out.print(self._table())
         done = sum(1 for r in self.results if not r.skipped)
         skipped = len(self.results) - done
-        parts = [f"{done} image{'s' if done != 1 else ''} explained"]
+        parts = [f"{done} image{'s' if done != 1 else ''} {self.verb}"]
         if skipped:
             parts.append(f"{skipped} skipped (outputs exist)")
         if self.failures:
@@ -127,97 +133,19 @@ class Report:
         table.add_column("file", overflow="fold")
         table.add_column("class", overflow="fold")
         table.add_column("prob", justify="right")
-        table.add_column("outputs", overflow="fold")
+        if self.outputs:
+            table.add_column("outputs", overflow="fold")
         for result in sorted(self.results, key=lambda r: r.input):
             if result.skipped:
                 table.add_row(escape(shown(result.input)), "[dim]skipped[/dim]", "", "")
                 continue
             for m in result.maps:
-                table.add_row(
+                row = [
                     escape(shown(result.input)) if m.rank == 1 else "",
                     escape(f"{m.class_name} ({m.class_index})"),
                     f"{m.probability:.3f}",
-                    escape(" ".join(shown(p) for p in m.outputs.values())),
-                )
+                ]
+                if self.outputs:
+                    row.append(escape(" ".join(shown(p) for p in m.outputs.values())))
+                table.add_row(*row)
         return table
-
-
-class Manifest:
-    """``manifest.jsonl``: one line per image, appended as each finishes, so an interrupted
-    run's manifest is still a complete record of what it did.
-
-    Each line goes out in one ``write`` on a file opened with ``O_APPEND``: a process killed
-    at any moment leaves whole lines only, and a write that fails part-way (a full disk) is
-    cut back off, so no line is ever half there. A line a crash of an older version cut is
-    removed when the manifest is opened again.
-    """
-
-    def __init__(self, path: Path, common: dict[str, Any]) -> None:
-        self.path = path
-        self.common = common
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: there is nothing left to flush at close, so closing never fails.
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            _drop_cut_line(self._fd)
-        except OSError:
-            os.close(self._fd)
-            raise
-
-    def record(self, entry: dict[str, Any]) -> None:
-        data = (json_line({**entry, **self.common}) + "\n").encode("utf-8")
-        with self._lock:
-            start = os.fstat(self._fd).st_size
-            try:
-                written = 0
-                while written < len(data):  # a short write, then the error on the next
-                    written += os.write(self._fd, data[written:])
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start)
-                raise
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-
-
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The entries of a manifest, in order; lines that are not whole JSON objects (a line an
-    older version left cut) are passed over. A missing manifest has none."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in data.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
-
-
-def _drop_cut_line(fd: int) -> None:
-    """Truncate the file after its last newline: what follows is a line that never finished."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return
-    tail_start = max(0, size - 65536)
-    while True:
-        tail = os.pread(fd, size - tail_start, tail_start)
-        end = tail.rfind(b"\n")
-        if end >= 0:
-            keep = tail_start + end + 1
-            break
-        if tail_start == 0:
-            keep = 0
-            break
-        tail_start = max(0, tail_start - 65536)
-    if keep < size:
-        os.ftruncate(fd, keep)

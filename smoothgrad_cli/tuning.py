@@ -16,14 +16,12 @@ Cache folder: ``$SMOOTHGRAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/smoothgrad``, el
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import torch
 from torch import nn
 
 from . import engine
+from .files import atomic_write
 
 CACHE_FILE = "chunk-sizes.json"
 CACHE_VERSION = 1
@@ -228,7 +227,7 @@ def compile_model(
     try:
         compiled = torch.compile(model)
         x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
-        x = x.to(device).contiguous(memory_format=engine._input_format(model))
+        x = x.to(device).contiguous(memory_format=engine.input_format(model))
         target = torch.zeros(batch_size, dtype=torch.long, device=device)
         engine.input_gradient(compiled, x, target, precision)
         _sync(device)
@@ -279,7 +278,7 @@ def probe(
         budget_s = 30.0 if gpu else 20.0
     if min_time_s is None:
         min_time_s = 0.05 if gpu else 0.25
-    memory_format = engine._input_format(model)
+    memory_format = engine.input_format(model)
     generator = torch.Generator().manual_seed(0)
     rates: dict[int, float] = {}
     started = time.perf_counter()
@@ -393,21 +392,9 @@ def _read_cache() -> dict[str, Any]:
 
 def _write_cache(entries: dict[str, Any]) -> bool:
     """Write atomically (a reader never sees half a file); False if it cannot be written."""
-    path = cache_path()
+    text = json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".chunk-sizes.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(
-                    {"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True
-                )
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(cache_path(), (text + "\n").encode("utf-8"))
     except OSError:
         return False
     return True

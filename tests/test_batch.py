@@ -23,8 +23,9 @@ import torch
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
-from smoothgrad_cli import engine, images, render, runner
+from smoothgrad_cli import engine, explainer, files, images
 from smoothgrad_cli.cli import app
+from smoothgrad_cli.explain import pipeline, plan
 from smoothgrad_cli.report import Report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,14 +124,14 @@ def simulate_bad_conditions(monkeypatch, folder: Path) -> None:
 
     monkeypatch.setattr(images, "open", guarded_open, raising=False)
 
-    real_discover = runner.discover
+    real_discover = plan.discover
 
     def discover_then_delete(*args, **kwargs):
         found = real_discover(*args, **kwargs)
         (folder / "gone.jpg").unlink()
         return found
 
-    monkeypatch.setattr(runner, "discover", discover_then_delete)
+    monkeypatch.setattr(plan, "discover", discover_then_delete)
 
     real_load = ImageFile.ImageFile.load
 
@@ -288,7 +289,7 @@ def test_output_folder_that_cannot_be_written_is_refused_up_front(tmp_path, monk
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output folder was checked")
 
-    monkeypatch.setattr(runner, "load_model", no_model)
+    monkeypatch.setattr(explainer, "load_model", no_model)
     Image.fromarray(noise(24, 24, 0)).save(tmp_path / "cat.png")
     (tmp_path / "taken").write_text("a file")
     out = tmp_path / "taken" if where == "is a file" else tmp_path / "taken" / "maps"
@@ -310,7 +311,7 @@ def test_full_disk_stops_the_run_at_once_and_leaves_nothing_half_written(tmp_pat
         attempts.append(destination)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(render.os, "replace", full_disk)  # the temp file is written, then…
+    monkeypatch.setattr(files.os, "replace", full_disk)  # the temp file is written, then…
     # one image per engine call: the failure is seen while the next image is computed
     result = explain(str(src), "-o", str(out), "-n", "2", "--batch-size", "2", "-q")
     assert result.exit_code == 1
@@ -424,12 +425,14 @@ def test_pipeline_oom_message_path_says_it_once():
     class Smoother:
         batch_size = 16
 
-    pipeline = runner._Pipeline.__new__(runner._Pipeline)
-    pipeline.report, pipeline.smoother, pipeline.oom_said = report, Smoother(), False
+    class Explainer:
+        smoother = Smoother()
+
+    run = pipeline.Pipeline(None, report, None, Explainer())
     for chunk in (8, 4, 2):
-        pipeline._said_oom(chunk)
+        run.said_oom(chunk)
     assert messages == ["CUDA out of memory: chunk size halved to 8 and retried"]
-    assert pipeline.smoother.batch_size == 2  # later engine calls start at the halved size
+    assert Explainer.smoother.batch_size == 2  # later engine calls start at the halved size
 
 
 # --- killed part-way: SIGINT and SIGKILL in subprocesses, SIGTERM in this process --------------
@@ -551,7 +554,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
     src.mkdir()
     for i in range(6):
         Image.fromarray(noise(24, 24, i)).save(src / f"{i}.png")
-    real_explain = runner._Pipeline._explain
+    real_explain = pipeline.Pipeline._explain
     calls = []
 
     def explain_then_terminated(self, good, *args, **kwargs):
@@ -560,7 +563,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return real_explain(self, good, *args, **kwargs)
 
-    monkeypatch.setattr(runner._Pipeline, "_explain", explain_then_terminated)
+    monkeypatch.setattr(pipeline.Pipeline, "_explain", explain_then_terminated)
     before = signal.getsignal(signal.SIGTERM)
     result = explain(str(src), "-o", str(out), "-n", "2", "--batch-size", "2", "-q")
     assert signal.getsignal(signal.SIGTERM) == before

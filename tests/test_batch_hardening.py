@@ -26,8 +26,9 @@ from PIL import Image
 from torchvision.transforms._presets import ImageClassification
 from typer.testing import CliRunner
 
-from smoothgrad_cli import images, names, outputs, render, runner
+from smoothgrad_cli import explainer, files, images, names, outputs
 from smoothgrad_cli.cli import app
+from smoothgrad_cli.explain import pipeline
 from smoothgrad_cli.models import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_library_warnings_are_one_line_each_through_the_report(tmp_path, monkeyp
         warnings.warn("a decoder complains\nover two lines", UserWarning, stacklevel=1)
         return real_load(path, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "load_image", load_with_a_warning)
+    monkeypatch.setattr(pipeline, "load_image", load_with_a_warning)
     result = explain(str(src), "-o", str(out), *FAST)
     assert result.exit_code == 0, result.output
     lines = result.stderr.strip().splitlines()
@@ -160,10 +161,10 @@ def test_temporaries_fit_beside_outputs_of_any_length(tmp_path):
     been 14 bytes longer; a killed run's temporary of it is still found and removed."""
     for length in (241, 242, 250, 255):
         path = tmp_path / ("m" * (length - 8) + ".map.png")
-        render.atomic_write(path, b"data")
+        files.atomic_write(path, b"data")
         assert path.read_bytes() == b"data"
     long = tmp_path / ("n" * 247 + ".map.png")
-    stale = tmp_path / f".{render.temporary_stem(long.name)}.abcd1234.tmp"
+    stale = tmp_path / f".{files.temporary_stem(long.name)}.abcd1234.tmp"
     stale.write_bytes(b"half")
     other = tmp_path / ".someone-else.png.abcd1234.tmp"
     other.write_bytes(b"not ours")
@@ -285,7 +286,7 @@ def test_non_finite_scores_or_maps_fail_that_image_with_a_reason(tmp_path, monke
         categories = [f"class {i}" for i in range(4)]
         return LoadedModel("nan-model", "random", _NaNForBright().eval(), transform, categories)
 
-    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(explainer, "load_model", load_model)
     result = explain(str(src), "-o", str(out), *FAST, "--json")
     assert result.exit_code == 1, result.output
     assert "NaN" not in result.stdout.replace("NaN or inf", "")  # strict JSON on stdout

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from smoothgrad_cli import check
+from smoothgrad_cli import check, engine
 from smoothgrad_cli.check import (
     Checker,
     SpecError,
@@ -468,13 +468,13 @@ def test_verdicts_pass_and_fail(tmp_path, loader, capsys):
 
 def test_one_map_per_image_and_settings(tmp_path, loader, monkeypatch):
     calls = []
-    original = check.engine.SmoothGrad.attribute
+    original = engine.SmoothGrad.attribute
 
     def counting(self, model, x, target, **kw):
         calls.append(int(torch.as_tensor(target).reshape(-1)[0]))
         return original(self, model, x, target, **kw)
 
-    monkeypatch.setattr(check.engine.SmoothGrad, "attribute", counting)
+    monkeypatch.setattr(engine.SmoothGrad, "attribute", counting)
     path = _write(
         tmp_path,
         f"""

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from smoothgrad_cli import images
+from smoothgrad_cli.explain import ExplainOptions
 from smoothgrad_cli.images import BACKGROUND, ImageError, discover, load_image
-from smoothgrad_cli.runner import ExplainOptions, output_names
+from smoothgrad_cli.settings import MapSettings
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ def test_same_name_in_two_folders_gives_two_outputs(tmp_path):
     for inputs in ([str(tmp_path)], [str(tmp_path / "a/cat.jpg"), str(tmp_path / "b/cat.jpg")]):
         found, _ = discover(inputs)
         assert relatives(found) == ["a/cat.jpg", "b/cat.jpg"]
-        maps = [output_names(image.relative, options)[0]["map"] for image in found]
+        maps = [options.output_names(image.relative)[0]["map"] for image in found]
         assert maps == [tmp_path / "out/a/cat.jpg.map.png", tmp_path / "out/b/cat.jpg.map.png"]
 
 
@@ -124,8 +125,10 @@ def test_output_tree_mirrors_the_input_tree(tmp_path):
 
 
 def test_several_outputs_per_image_have_distinct_predictable_names(tmp_path):
-    options = ExplainOptions(inputs=[], output=tmp_path, top_k=3, overlay=True, save_raw=True)
-    names = output_names(Path("a/cat.jpg"), options)
+    options = ExplainOptions(
+        inputs=[], settings=MapSettings(top_k=3), output=tmp_path, overlay=True, save_raw=True
+    )
+    names = options.output_names(Path("a/cat.jpg"))
     assert [files for files in names] == [
         {
             "map": tmp_path / f"a/cat.jpg.top{k}.map.png",
@@ -137,7 +140,7 @@ def test_several_outputs_per_image_have_distinct_predictable_names(tmp_path):
     every = [path for files in names for path in files.values()]
     assert len(set(every)) == 9
     # one class: no rank in the names
-    assert output_names(Path("cat.jpg"), ExplainOptions(inputs=[], output=tmp_path)) == [
+    assert ExplainOptions(inputs=[], output=tmp_path).output_names(Path("cat.jpg")) == [
         {"map": tmp_path / "cat.jpg.map.png"}
     ]
 

@@ -21,6 +21,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from smoothgrad_cli import engine, tuning
+from smoothgrad_cli.check.metrics import spearman
 from smoothgrad_cli.cli import app
 
 ESPRESSO = 967
@@ -68,12 +69,6 @@ def make_bn_net(seed: int = 0) -> ConvBNNet:
             m.weight.data.uniform_(0.5, 2)
             m.bias.data.uniform_(-1, 1)
     return net.eval()
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def pooled(attribution: torch.Tensor, cells: int = 14) -> np.ndarray:

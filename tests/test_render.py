@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smoothgrad_cli import render
+from smoothgrad_cli import files, render
 
 # --- magnitude_map: the paper's display -----------------------------------------------------
 
@@ -228,12 +228,14 @@ def _temp_files(folder):
 
 def test_atomic_write_writes_the_bytes_and_leaves_no_temp_file(tmp_path):
     target = tmp_path / "sub" / "map.png"
-    render.atomic_write(target, b"first")
-    render.atomic_write(target, b"second, longer")
+    files.atomic_write(target, b"first")
+    files.atomic_write(target, b"second, longer")
     assert target.read_bytes() == b"second, longer"
     assert os.listdir(target.parent) == ["map.png"]
     # an ordinary file, not mkstemp's 0600
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~render._UMASK
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
 class _FailingHandle:
@@ -264,10 +266,10 @@ def test_atomic_write_failing_midway_keeps_the_old_file(tmp_path, monkeypatch, e
     target.write_bytes(b"old complete file")
     real_fdopen = os.fdopen
     monkeypatch.setattr(
-        render.os, "fdopen", lambda fd, *a, **k: _FailingHandle(real_fdopen(fd, *a, **k), error)
+        files.os, "fdopen", lambda fd, *a, **k: _FailingHandle(real_fdopen(fd, *a, **k), error)
     )
     with pytest.raises(type(error)):
-        render.atomic_write(target, b"new data that never fully arrives")
+        files.atomic_write(target, b"new data that never fully arrives")
     assert target.read_bytes() == b"old complete file"
     assert os.listdir(tmp_path) == ["map.png"]
 
@@ -278,9 +280,9 @@ def test_atomic_write_failing_rename_leaves_no_temp_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(render.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="Read-only"):
-        render.atomic_write(target, b"data")
+        files.atomic_write(target, b"data")
     assert os.listdir(tmp_path) == []
 
 

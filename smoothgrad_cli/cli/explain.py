@@ -1,0 +1,161 @@
+"""``smoothgrad explain INPUTS``: maps for images, files or whole folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..images import DEFAULT_MAX_PIXELS
+from ..render import DEFAULT_PERCENTILE
+from ..report import Report
+from ..settings import EMBEDDED, Method, Precision, Smoothing
+from .app import OUTPUT, RUN, app, progress_bar, usage_error
+from .options import (
+    Device,
+    IgSteps,
+    JsonLines,
+    MethodChoice,
+    ModelName,
+    Noise,
+    PrecisionChoice,
+    Samples,
+    Seed,
+    SmoothingChoice,
+    Target,
+    TopK,
+    Verbose,
+    Weights,
+)
+
+
+def _flag(name: str, help: str, panel: str = OUTPUT, *short: str):
+    return typer.Option(name, *short, help=help, rich_help_panel=panel)
+
+
+@app.command()
+def explain(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) and glob patterns."),
+    ],
+    output: Annotated[Path, _flag("--output", "Folder for the maps.", OUTPUT, "-o")] = Path(
+        "smoothgrad_out"
+    ),
+    model: ModelName = EMBEDDED,
+    weights: Weights = None,
+    method: MethodChoice = Method.GRADIENT,
+    smoothing: SmoothingChoice = Smoothing.SMOOTHGRAD,
+    noise: Noise = 15.0,
+    samples: Samples = 50,
+    seed: Seed = 0,
+    ig_steps: IgSteps = 32,
+    target: Target = None,
+    top_k: TopK = 1,
+    percentile: Annotated[
+        float, _flag("--percentile", "Cap the display at this percentile.")
+    ] = DEFAULT_PERCENTILE,
+    cmap: Annotated[
+        str | None, _flag("--cmap", "Matplotlib colormap for the map (default: grayscale).")
+    ] = None,
+    overlay: Annotated[
+        bool, _flag("--overlay", "Also write the map blended on the photo, at its size.")
+    ] = False,
+    diverging: Annotated[
+        bool, _flag("--diverging", "Signed map: zero at the centre of a diverging colormap.")
+    ] = False,
+    save_raw: Annotated[
+        bool, _flag("--save-raw", "Also save the float32 attribution (C×H×W) as .npy.")
+    ] = False,
+    json_lines: JsonLines = False,
+    device: Device = "auto",
+    precision: PrecisionChoice = Precision.AUTO,
+    batch_size: Annotated[
+        int | None,
+        _flag(
+            "--batch-size",
+            "Noisy copies per forward/backward chunk (default: timed once per model, "
+            "device, input size and precision, then cached; see SMOOTHGRAD_CACHE_DIR).",
+            RUN,
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool,
+        _flag(
+            "--compile",
+            "torch.compile the model first (says how long it took; kernels cached in "
+            "the cache folder): worth it for folders on GPUs, not for a few images.",
+            RUN,
+        ),
+    ] = False,
+    skip_existing: Annotated[
+        bool, _flag("--skip-existing", "Skip images whose outputs all exist (resume).", RUN)
+    ] = False,
+    fail_fast: Annotated[
+        bool, _flag("--fail-fast", "Stop at the first failed input.", RUN)
+    ] = False,
+    max_pixels: Annotated[
+        int, _flag("--max-pixels", "Refuse images with more pixels (decompression bombs).", RUN)
+    ] = DEFAULT_MAX_PIXELS,
+    pattern: Annotated[
+        list[str] | None,
+        _flag(
+            "--pattern", "File-name glob(s) to take from folders (default: image extensions).", RUN
+        ),
+    ] = None,
+    workers: Annotated[
+        int, _flag("--workers", "Threads that decode and write beside the model.", RUN)
+    ] = 4,
+    quiet: Annotated[bool, _flag("--quiet", "No progress bar.", RUN, "-q")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write SmoothGrad maps for images, files or whole folders."""
+    from ..settings import MapSettings, SettingsError
+
+    try:  # no torch needed to refuse a bad setting: it is said at once
+        settings = MapSettings(
+            model=model,
+            weights=weights,
+            method=method,
+            smoothing=smoothing,
+            noise=noise,
+            samples=samples,
+            seed=seed,
+            ig_steps=ig_steps,
+            precision=precision,
+            batch_size=batch_size,
+            target=target,
+            top_k=top_k,
+        )
+    except SettingsError as exc:
+        usage_error(exc.command_line_message())
+    report = Report(json_lines=json_lines, verbose=verbose)
+    try:
+        # torch is imported here, not at the top, so that --help and --version answer at once.
+        from ..explain import ExplainOptions, UsageError, run_explain
+
+        options = ExplainOptions(
+            inputs=inputs,
+            settings=settings,
+            output=output,
+            device=device,
+            compile=compile_model,
+            percentile=percentile,
+            cmap=cmap,
+            overlay=overlay,
+            diverging=diverging,
+            save_raw=save_raw,
+            skip_existing=skip_existing,
+            fail_fast=fail_fast,
+            max_pixels=max_pixels,
+            patterns=pattern,
+            workers=workers,
+        )
+        try:
+            run_explain(options, report, None if quiet else progress_bar(report.err))
+        except UsageError as exc:
+            usage_error(str(exc))
+    except KeyboardInterrupt:  # in start-up (importing torch, loading the model): nothing done
+        report.interrupted = True
+    raise typer.Exit(report.finish())

@@ -1,0 +1,98 @@
+"""Options more than one command takes, written once: each is a type to annotate a Typer
+parameter with. Choices are enums, so ``--help`` lists their values and a typo gets Typer's
+own message."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..settings import Method, Precision, Smoothing
+from .app import METHOD, MODEL, OUTPUT, RUN
+
+ModelName = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Classifier: the embedded efficientnet_lite0 or any torchvision classifier.",
+        rich_help_panel=MODEL,
+    ),
+]
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Weights enum name (DEFAULT, IMAGENET1K_V2, …) or a local state-dict file.",
+        rich_help_panel=MODEL,
+    ),
+]
+MethodChoice = Annotated[
+    Method, typer.Option("--method", help="Base method M_c(x).", rich_help_panel=METHOD)
+]
+SmoothingChoice = Annotated[
+    Smoothing,
+    typer.Option(
+        "--smoothing",
+        help="smoothgrad (mean), smoothgrad-sq (mean of squares), vargrad (variance), none.",
+        rich_help_panel=METHOD,
+    ),
+]
+Noise = Annotated[
+    float,
+    typer.Option(
+        "--noise",
+        help="Noise level σ in percent of (max − min) of each image's model-input tensor.",
+        rich_help_panel=METHOD,
+    ),
+]
+Samples = Annotated[
+    int,
+    typer.Option("--samples", "-n", help="Noisy copies per image.", rich_help_panel=METHOD),
+]
+Seed = Annotated[
+    int,
+    typer.Option("--seed", help="Seed of the noise: same seed, same map.", rich_help_panel=METHOD),
+]
+IgSteps = Annotated[
+    int,
+    typer.Option(
+        "--ig-steps", help="Integration steps for integrated-gradients.", rich_help_panel=METHOD
+    ),
+]
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="Class to explain: an index or a class name (default: the top-1 prediction).",
+        rich_help_panel=METHOD,
+    ),
+]
+TopK = Annotated[
+    int,
+    typer.Option("--top-k", help="One map for each of the K best classes.", rich_help_panel=METHOD),
+]
+Device = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)
+]
+PrecisionChoice = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16, fp16 or auto (bf16 on CUDA, fp32 on CPU).",
+        rich_help_panel=RUN,
+    ),
+]
+JsonLines = Annotated[
+    bool,
+    typer.Option("--json", help="One JSON object per image on stdout.", rich_help_panel=OUTPUT),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Tracebacks for failures.", rich_help_panel=RUN)
+]
+
+__all__ = [
+    "Device", "IgSteps", "JsonLines", "MethodChoice", "ModelName", "Noise",
+    "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target", "TopK", "Verbose",
+    "Weights",
+]  # fmt: skip

@@ -1,0 +1,61 @@
+"""What an ``explain`` run is asked to do: the settings that decide its maps, and the rest
+(where outputs go, how they look, how the run behaves)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import outputs, render
+from ..errors import UsageError
+from ..images import DEFAULT_MAX_PIXELS
+from ..settings import MapSettings, SettingsError
+
+
+def as_usage_error(error: SettingsError) -> UsageError:
+    """A setting refused, worded with its command-line option."""
+    return UsageError(error.command_line_message())
+
+
+@dataclass
+class ExplainOptions:
+    inputs: list[str]
+    settings: MapSettings = field(default_factory=MapSettings)
+    output: Path = Path("smoothgrad_out")
+    device: str = "auto"
+    compile: bool = False  # torch.compile the model (worth it for folders)
+    percentile: float = render.DEFAULT_PERCENTILE
+    cmap: str | None = None
+    overlay: bool = False
+    diverging: bool = False
+    save_raw: bool = False
+    skip_existing: bool = False
+    fail_fast: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    patterns: list[str] | None = None
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+
+    def validate(self) -> None:
+        """Check the options the settings do not hold, before any work; ``UsageError``."""
+        if self.workers < 1:
+            raise UsageError("--workers must be >= 1")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UsageError("--max-pixels must be >= 1")
+        try:
+            render.check_percentile(self.percentile)
+            if self.cmap is not None:
+                render.check_cmap(self.cmap)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def output_names(self, relative: Path) -> list[dict[str, Path]]:
+        """The files one image produces, per rank (see ``outputs.output_names``)."""
+        return outputs.output_names(
+            relative, self.output, self.settings.top_k, self.overlay, self.save_raw
+        )
+
+    def parameters(self, precision: str) -> dict:
+        """What determines a map, for the manifest: the settings with the precision used and
+        the display's percentile."""
+        return {**self.settings.parameters(), "precision": precision, "percentile": self.percentile}

@@ -1,0 +1,273 @@
+"""Photos → maps with their classes and probabilities: the layer every command stands on.
+
+    from smoothgrad_cli import Explainer, MapSettings
+    explainer = Explainer.load(MapSettings(samples=50, noise=15))
+    map = explainer.explain_file("sample_images/coffee.png").maps[0]   # (C, H, W) float32
+
+``PreparedModel`` is a classifier loaded once and made ready for input gradients (frozen,
+on its device, BatchNorm folded); ``Explainer`` adds one ``MapSettings`` to it: the base
+method and its baseline, the target or top-k classes, and the engine's ``SmoothGrad``. Any
+setting no map can be made with is refused when the explainer is made, as a
+``SettingsError`` naming the setting, before any image is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import engine, tuning
+from .images import load_image
+from .models import LoadedModel, ModelError, load_model
+from .settings import MapSettings, Method, SettingsError
+
+Loader = Callable[[str, "str | None"], LoadedModel]
+
+
+@dataclass
+class PreparedModel:
+    """A classifier loaded once and prepared as every command prepares it, so a map from
+    ``explain --save-raw`` and one from ``check`` are the same map."""
+
+    loaded: LoadedModel
+    model: nn.Module
+    device: torch.device
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        weights: str | None = None,
+        device: str | torch.device = "auto",
+        loader: Loader | None = None,
+    ) -> PreparedModel:
+        """Raises ``SettingsError`` (key ``device``, ``model`` or ``weights``). ``loader``
+        replaces ``models.load_model`` (tests, or a model built in code)."""
+        try:
+            resolved = device if isinstance(device, torch.device) else engine.resolve_device(device)
+        except ValueError as exc:
+            raise SettingsError("device", _literal(str(exc))) from None
+        try:
+            loaded = (loader or load_model)(model, weights)
+        except ModelError as exc:
+            key = "weights" if weights and "weights" in str(exc) else "model"
+            raise SettingsError(key, _literal(str(exc))) from None
+        shape = (3, loaded.crop_size, loaded.crop_size)
+        return cls(
+            loaded, engine.prepare_model(loaded.model, resolved, input_shape=shape), resolved
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.loaded.crop_size, self.loaded.crop_size)
+
+
+@dataclass
+class Explanation:
+    """One image's maps, one per explained class, best first."""
+
+    maps: np.ndarray  # (K, C, H, W) float32: the smoothed attribution of each class
+    classes: list[int]
+    probabilities: np.ndarray  # (classes,) float32: the softmax over every class
+    categories: Sequence[str]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.categories[c] for c in self.classes]
+
+    def rank(self, class_index: int) -> int:
+        """1 for the model's top prediction, 2 for the next, …"""
+        return int((self.probabilities > self.probabilities[class_index]).sum()) + 1
+
+    @property
+    def problem(self) -> str | None:
+        """Why this is no map (a model or gradient that overflowed), or ``None``."""
+        if not np.isfinite(self.probabilities).all():
+            return "the model's scores are not finite (NaN or inf)"
+        if not np.isfinite(self.maps).all():
+            return "the map is not finite (NaN or inf in the gradient)"
+        return None
+
+
+class Explainer:
+    def __init__(self, settings: MapSettings, prepared: PreparedModel) -> None:
+        """Raises ``SettingsError`` for a setting this model cannot take."""
+        self.settings = settings
+        self.prepared = prepared
+        loaded = prepared.loaded
+        try:
+            self.precision = engine.resolve_precision(settings.precision, prepared.device)
+        except ValueError as exc:
+            raise SettingsError("precision", _literal(str(exc))) from None
+        self.target: int | None = None
+        if settings.target is not None:
+            try:
+                self.target = loaded.class_index(str(settings.target))
+            except ValueError as exc:
+                raise SettingsError("target", _literal(str(exc))) from None
+        if settings.top_k > len(loaded.categories):
+            raise SettingsError(
+                "top_k",
+                f"{{option}} {settings.top_k} exceeds the model's {len(loaded.categories)} classes",
+            )
+        if settings.method == Method.INTEGRATED_GRADIENTS:
+            base = engine.IntegratedGradients(settings.ig_steps, baseline=loaded.black_baseline())
+        else:
+            base = engine.BASE_METHODS[settings.method]()
+        if isinstance(base, engine.GuidedBackprop):
+            try:
+                with base.hooks(prepared.model):
+                    pass
+            except ValueError as exc:  # activations it cannot guide (GELU, SiLU, …)
+                raise SettingsError("method", _literal(f"{settings.model}: {exc}")) from None
+        self.smoother = engine.SmoothGrad(
+            base,
+            smoothing=settings.smoothing,
+            noise_level=settings.noise_level,
+            samples=settings.samples,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            precision=self.precision,
+        )
+        #: what the maps are computed with: the prepared model, or its compiled form
+        self.attribution_model: nn.Module = prepared.model
+
+    @classmethod
+    def load(
+        cls,
+        settings: MapSettings,
+        device: str | torch.device = "auto",
+        loader: Loader | None = None,
+    ) -> Explainer:
+        """Load and prepare ``settings.model``, then build the explainer on it."""
+        return cls(settings, PreparedModel.load(settings.model, settings.weights, device, loader))
+
+    def with_settings(self, settings: MapSettings) -> Explainer:
+        """Another explainer on the same prepared model (its model and weights must match)."""
+        if settings.model_key != self.settings.model_key:
+            raise ValueError(f"{settings.model_key} is not the model of this explainer")
+        return Explainer(settings, self.prepared)
+
+    # --- what commands read --------------------------------------------------------------
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.prepared.loaded
+
+    @property
+    def model(self) -> nn.Module:
+        return self.prepared.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.prepared.device
+
+    @property
+    def categories(self) -> list[str]:
+        return self.prepared.loaded.categories
+
+    @property
+    def classes_per_image(self) -> int:
+        return 1 if self.target is not None else self.settings.top_k
+
+    @property
+    def rows_per_image(self) -> int:
+        """Forward/backward rows one image costs: noisy copies × explained classes."""
+        return self.smoother.rows_per_input * self.classes_per_image
+
+    @property
+    def chunk_size(self) -> int:
+        return self.smoother.batch_size or engine.default_batch_size(self.device)
+
+    def plan_chunks(self, *, compile: bool, say: Callable[[str], None]) -> None:
+        """Settle the chunk size (cached, else a short timed probe; ``batch_size`` wins) and
+        compile the model if asked, before the first image of a long run."""
+        self.smoother.batch_size, self.attribution_model = tuning.plan_run(
+            self.model,
+            self.device,
+            self.prepared.input_shape,
+            self.precision,
+            batch_size=self.settings.batch_size,
+            compile=compile and not isinstance(self.smoother.base, engine.GuidedBackprop),
+            model_name=self.loaded.name,
+            say=say,
+        )
+
+    # --- photos → maps -------------------------------------------------------------------
+
+    def transform(self, photo: Image.Image) -> torch.Tensor:
+        """An RGB photo → the model's input ``(C, H, W)``, its own preprocessing."""
+        return self.loaded.transform(photo)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, classes)`` on the CPU, from the clean forward pass."""
+        return engine.predict(self.model, x, precision=self.precision).cpu()
+
+    def classes(self, probabilities: torch.Tensor) -> list[list[int]]:
+        """The classes to explain for each image: the target, or the top-k predictions."""
+        if self.target is not None:
+            return [[self.target] for _ in range(probabilities.shape[0])]
+        return probabilities.topk(self.settings.top_k, dim=1).indices.tolist()
+
+    def attribute(
+        self,
+        x: torch.Tensor,
+        classes: Sequence[Sequence[int]],
+        *,
+        model: nn.Module | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_oom: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Maps ``(N, K, C, H, W)``: for each image, one per class in ``classes[i]`` (the
+        same noise for each). ``model`` replaces the explainer's own (a randomised copy for
+        sanity checks); ``progress`` and ``on_oom`` go to the engine."""
+        k = len(classes[0])
+        rows = x.repeat_interleave(k, dim=0)
+        targets = torch.tensor([c for cs in classes for c in cs])
+        maps = self.smoother.attribute(
+            model if model is not None else self.attribution_model,
+            rows,
+            targets,
+            progress=progress,
+            on_oom=on_oom,
+        )
+        maps = maps.cpu().numpy()
+        return maps.reshape(x.shape[0], k, *maps.shape[1:])
+
+    def explain(
+        self,
+        x: torch.Tensor,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_oom: Callable[[int], None] | None = None,
+    ) -> list[Explanation]:
+        """Model inputs ``(N, C, H, W)`` → one ``Explanation`` each."""
+        probabilities = self.predict(x)
+        classes = self.classes(probabilities)
+        maps = self.attribute(x, classes, progress=progress, on_oom=on_oom)
+        return [
+            Explanation(maps[i], classes[i], probabilities[i].numpy(), self.categories)
+            for i in range(x.shape[0])
+        ]
+
+    def explain_photos(self, photos: Sequence[Image.Image]) -> list[Explanation]:
+        return self.explain(torch.stack([self.transform(photo) for photo in photos]))
+
+    def explain_file(self, path: str | PathLike) -> Explanation:
+        """An image file → its explanation; ``images.ImageError`` if it cannot be used."""
+        return self.explain_photos([load_image(Path(path))])[0]
+
+
+def _literal(text: str) -> str:
+    """A message used as a ``SettingsError`` template, its braces kept as they are."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+__all__ = ["Explainer", "Explanation", "PreparedModel"]

@@ -1,0 +1,146 @@
+"""What decides a map, in one frozen object, validated once (no torch here: ``--help`` lists
+these choices without loading it).
+
+``explain``'s options and ``check``'s ``[defaults]``/``[[case]]`` keys both become a
+``MapSettings``; the enums below are what ``--help`` lists. The noise level is given in
+percent of (max − min) of each model-input tensor, as the paper reports it; ``noise_level``
+is the one place that turns it into the engine's fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+#: the default classifier, shipped with the package (see ``models``)
+EMBEDDED = "efficientnet_lite0"
+
+
+class Method(str, Enum):
+    """The base method M_c(x) that is smoothed."""
+
+    GRADIENT = "gradient"
+    INPUT_X_GRADIENT = "input-x-gradient"
+    INTEGRATED_GRADIENTS = "integrated-gradients"
+    GUIDED_BACKPROP = "guided-backprop"
+
+
+class Smoothing(str, Enum):
+    """What is taken over the noisy maps: their mean, mean of squares, variance, or none."""
+
+    SMOOTHGRAD = "smoothgrad"
+    SMOOTHGRAD_SQ = "smoothgrad-sq"
+    VARGRAD = "vargrad"
+    NONE = "none"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    AUTO = "auto"
+
+
+class SettingsError(ValueError):
+    """A setting with a value no map can be made with. ``key`` names the setting;
+    ``message(option)`` words the reason for the caller's own name of it (``--samples`` on
+    the command line, ``samples`` in a spec)."""
+
+    def __init__(self, key: str, template: str) -> None:
+        super().__init__(template.format(option=key))
+        self.key = key
+        self.template = template
+
+    def message(self, option: str) -> str:
+        return self.template.format(option=option)
+
+    def command_line_message(self) -> str:
+        """Worded with the setting's option: ``top_k`` → ``--top-k``."""
+        return self.message("--" + self.key.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    model: str = EMBEDDED
+    weights: str | None = None
+    method: str = Method.GRADIENT.value
+    smoothing: str = Smoothing.SMOOTHGRAD.value
+    noise: float = 15.0  # percent of (max − min) of each image's model-input tensor
+    samples: int = 50
+    seed: int = 0
+    ig_steps: int = 32
+    precision: str = Precision.AUTO.value
+    batch_size: int | None = None  # noisy copies per chunk; None: tuned or the default
+    target: str | int | None = None  # a class index or name; None: the top-k predictions
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        for key, kind in (("method", Method), ("smoothing", Smoothing), ("precision", Precision)):
+            value = getattr(self, key)
+            value = value.value if isinstance(value, Enum) else value
+            if value not in {choice.value for choice in kind}:
+                choices = ", ".join(choice.value for choice in kind)
+                raise SettingsError(key, f"unknown {{option}} {value!r}: use one of {choices}")
+            object.__setattr__(self, key, value)  # plain strings, in JSON and comparisons
+        checks = (
+            ("samples", self.samples >= 1, f"{{option}} must be >= 1, got {self.samples}"),
+            (
+                "noise",
+                math.isfinite(self.noise) and self.noise >= 0,
+                f"{{option}} must be a percentage >= 0, got {self.noise}",
+            ),
+            (
+                "batch_size",
+                self.batch_size is None or self.batch_size >= 1,
+                "{option} must be >= 1",
+            ),
+            ("ig_steps", self.ig_steps >= 1, f"{{option}} must be >= 1, got {self.ig_steps}"),
+            ("top_k", self.top_k >= 1, f"{{option}} must be >= 1, got {self.top_k}"),
+        )
+        for key, ok, template in checks:
+            if not ok:
+                raise SettingsError(key, template)
+        if self.target is not None and self.top_k > 1:
+            raise SettingsError(
+                "top_k",
+                "--target and --top-k are exclusive: one names the class, the other ranks them",
+            )
+
+    @property
+    def noise_level(self) -> float:
+        """σ / (max − min): the engine's fraction for the percent given."""
+        return self.noise / 100.0
+
+    @property
+    def model_key(self) -> tuple[str, str | None]:
+        """What the model depends on: settings with the same key share one loaded model."""
+        return (self.model, self.weights)
+
+    def replace(self, **changes: Any) -> MapSettings:
+        return dataclasses.replace(self, **changes)
+
+    def parameters(self) -> dict[str, Any]:
+        """What determines a map, for the manifest and JSON (IG steps only for IG)."""
+        values = {
+            key: getattr(self, key)
+            for key in (
+                "model",
+                "weights",
+                "method",
+                "smoothing",
+                "noise",
+                "samples",
+                "seed",
+                "ig_steps",
+                "precision",
+            )
+        }
+        if self.method != Method.INTEGRATED_GRADIENTS:
+            values.pop("ig_steps")
+        return values
+
+
+__all__ = ["MapSettings", "Method", "Precision", "SettingsError", "Smoothing"]
