@@ -94,8 +94,8 @@ def overlay(
     """The map laid on the photo at the photo's own size.
 
     ``box`` is the region of the photo the model saw (``LoadedModel.crop_box``); the map is
-    resized onto it, and each pixel's colour is blended in proportion to its saliency, so
-    unimportant regions show the photo unchanged.
+    resized onto it, and each pixel's colour is blended by its saliency (``overlay_alpha``),
+    so unimportant regions, and all of the photo the model did not see, show it unchanged.
     """
     width, height = photo.size
     left, top, right, bottom = box
@@ -113,9 +113,24 @@ def overlay(
     check_cmap(cmap)
     heat = _colormaps()[cmap](weights)[..., :3].astype(np.float32)
     base = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
-    alpha = (opacity * weights)[..., None]
+    alpha = (opacity * overlay_alpha(weights))[..., None]
     blended = base * (1.0 - alpha) + heat * alpha
     return Image.fromarray(_to_uint8(blended), mode="RGB")
+
+
+#: below this display value a pixel keeps the photo's own colour; from ``_OPAQUE_FROM`` on it
+#: takes the full ``opacity`` of the colormap
+_CLEAR_BELOW, _OPAQUE_FROM = 0.3, 0.9
+
+
+def overlay_alpha(map01: np.ndarray) -> np.ndarray:
+    """How much of the colormap each pixel of an overlay takes, 0 to 1: a smoothstep from
+    ``_CLEAR_BELOW`` to ``_OPAQUE_FROM``. The faint saliency that covers most of a map must
+    not tint the photo: blended in proportion, the dark end of a colormap such as inferno
+    darkens the whole part of the photo the model saw, which then stands out as a tinted
+    rectangle against the untouched rest of the photo."""
+    t = np.clip((map01 - _CLEAR_BELOW) / (_OPAQUE_FROM - _CLEAR_BELOW), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -134,7 +134,8 @@ BOX = (15.0, 5.0, 45.0, 35.0)  # a 30 × 30 region of the 60 × 40 photo
 
 
 def _blend(rgb_u8: np.ndarray, weight: float, cmap: str, opacity: float = 0.7) -> np.ndarray:
-    """The overlay formula, written out: photo·(1 − α) + colour·α, α = opacity·weight."""
+    """The overlay formula, written out: photo·(1 − α) + colour·α, α = opacity·ramp(weight),
+    the ramp being 1 at the full weight these tests use."""
     base = rgb_u8.astype(np.float32) / 255.0
     heat = np.asarray(matplotlib.colormaps[cmap](np.float32(weight))[:3], dtype=np.float32)
     alpha = np.float32(opacity) * np.float32(weight)
@@ -190,6 +191,19 @@ def test_overlay_puts_the_maps_corner_in_the_boxs_corner(photo):
     assert xs.max() <= 19 and ys.max() <= 9
     # the centre of that map pixel (photo pixel 16, 6) has the full weight
     np.testing.assert_array_equal(out[6, 16], _blend(original[6, 16], 1.0, "inferno"))
+
+
+def test_faint_saliency_leaves_the_photo_untouched_so_the_crop_shows_no_edge(photo):
+    """A map that is faint everywhere (most of a real map) must not tint the part of the photo
+    the model saw: the crop would stand out as a rectangle against the untouched rest."""
+    original = np.asarray(photo)
+    faint = np.full((10, 10), 0.25, dtype=np.float32)  # about a real map's median
+    np.testing.assert_array_equal(np.asarray(render.overlay(photo, faint, BOX)), original)
+    # the alpha ramp: clear below 0.3, the full opacity from 0.9, smooth (monotone) between
+    ramp = render.overlay_alpha(np.linspace(0, 1, 101))
+    assert ramp[:31].max() == 0.0 and ramp[90:].min() == 1.0
+    assert (np.diff(ramp) >= 0).all()
+    assert render.overlay_alpha(np.array([0.6]))[0] == pytest.approx(0.5)
 
 
 def test_overlay_of_a_non_rgb_photo_is_rgb():

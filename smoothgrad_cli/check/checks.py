@@ -228,6 +228,13 @@ def min_mass(s: Subject) -> CheckResult:
     mass = mass_in_region(cmap.normalised, weights)
     area = float(weights.mean())  # what a uniform map would score
     ok = bool(mass >= limit)
+    warning = ""
+    if limit <= area:
+        # A map spread evenly over the view scores the area: such a threshold passes any map.
+        warning = (
+            f"min_mass {limit:g} is not above the region's area {area:.2f}: an even map "
+            "would pass; raise it or use a smaller region"
+        )
     message = ""
     if not ok:
         message = (
@@ -247,6 +254,7 @@ def min_mass(s: Subject) -> CheckResult:
         value=mass,
         limit=limit,
         message=message,
+        warning=warning,
         details={"area_share": area},
     )
 

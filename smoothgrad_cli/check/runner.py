@@ -154,6 +154,8 @@ class Checker:
             except SettingsError as err:
                 raise self._setting_error(case, err.key, err.message(err.key)) from None
             explainer = self.explainers[case.name] = by_settings[s]
+            for warning in s.warnings(option="noise"):
+                self.log(f"warning: {case_label(case.name)}: {warning}")
             loaded = explainer.loaded
             if case.expect_class is not None:
                 try:
