@@ -138,17 +138,15 @@ def _drop_cut_line(fd: int) -> None:
         os.ftruncate(fd, keep)
 
 
-def recorded_done(entries: Iterable[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """From a manifest's entries: the ``relative`` names and the ``input`` spellings of the
-    images it records as done (manifests written before ``relative`` existed have only the
-    input)."""
-    relatives: set[str] = set()
-    inputs: set[str] = set()
+def recorded_done(entries: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """From a manifest's entries: the last "done" entry of each image, by its ``relative``
+    name, and by its ``input`` spelling too (manifests written before ``relative`` existed
+    have only that). A later run's entry for the same image replaces an earlier one."""
+    done: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if entry.get("status") != "ok":
             continue
-        if isinstance(entry.get("relative"), str):
-            relatives.add(entry["relative"])
-        if isinstance(entry.get("input"), str):
-            inputs.add(entry["input"])
-    return relatives, inputs
+        for key in ("relative", "input"):
+            if isinstance(entry.get(key), str):
+                done[f"{key}:{entry[key]}"] = entry
+    return done

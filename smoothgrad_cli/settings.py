@@ -109,6 +109,26 @@ class MapSettings:
                 "--target and --top-k are exclusive: one names the class, the other ranks them",
             )
 
+    def warnings(self, option: str = "--noise") -> list[str]:
+        """Values that are valid but most likely not meant (said, not refused): a noise
+        level under 1 % reads like a fraction (PAIR's ``stdev_spread=0.15`` is 15 % here),
+        one over 100 % buries the image in its noise."""
+        said = []
+        smoothed = self.smoothing != Smoothing.NONE
+        if smoothed and 0 < self.noise < 1:
+            said.append(
+                f"{option} {self.noise:g} is {self.noise:g} % of the input range, not "
+                f"{self.noise * 100:g} %: the noise level is a percentage (the paper's 10–20 % "
+                f"is {option} 10 to 20; PAIR's stdev_spread={self.noise:g} is {option} "
+                f"{self.noise * 100:g})"
+            )
+        elif smoothed and self.noise > 100:
+            said.append(
+                f"{option} {self.noise:g} is more than 100 % of the input range: the noise "
+                "buries the image (the paper finds 10–20 % best)"
+            )
+        return said
+
     @property
     def noise_level(self) -> float:
         """σ / (max − min): the engine's fraction for the percent given."""

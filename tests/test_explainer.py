@@ -187,3 +187,34 @@ def test_predict_table_and_a_bad_input(sample_images, tmp_path):
     errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert errors == [f"error: {bad}: not an image file Pillow can read"]
     assert result.stderr.strip().splitlines()[-1] == "1 image classified, 1 failed"
+
+
+@pytest.mark.parametrize(
+    ("noise", "said"),
+    [
+        (0.15, "--noise 0.15 is 0.15 % of the input range, not 15 %: the noise level is a "
+         "percentage (the paper's 10–20 % is --noise 10 to 20; PAIR's stdev_spread=0.15 is "
+         "--noise 15)"),
+        (150, "--noise 150 is more than 100 % of the input range: the noise buries the image "
+         "(the paper finds 10–20 % best)"),
+        (15, None),
+        (0, None),
+        (100, None),
+    ],
+)  # fmt: skip
+def test_noise_levels_that_look_like_a_fraction_or_exceed_100_percent_are_said(noise, said):
+    settings = MapSettings(noise=noise)
+    assert settings.warnings() == ([said] if said else [])
+    assert MapSettings(noise=noise, smoothing="none").warnings() == []  # no noise is used
+
+
+def test_explain_says_the_noise_warning_once_on_stderr(sample_images, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["explain", str(sample_images / "coffee.png"), "-o", str(tmp_path), "-n", "1",
+         "--noise", "0.15", "--batch-size", "1", "--device", "cpu", "-q"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warnings = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --noise 0.15 is 0.15 %")

@@ -40,6 +40,8 @@ def run_explain(
 
 def _run(options: ExplainOptions, report: Report, progress_factory) -> int:
     plan = Plan.make(options)
+    for warning in options.settings.warnings():
+        report.warn(warning)
     quiet_pillow_bomb_warnings()
     try:
         explainer = Explainer.load(options.settings, options.device)
@@ -73,6 +75,12 @@ def _run(options: ExplainOptions, report: Report, progress_factory) -> int:
             return report.exit_code
         for image in plan.skipped:
             report.done(ImageResult(str(image.path), skipped=True))
+        if plan.redone:
+            changes = ", ".join(f"{k}: {old} → {new}" for k, (old, new) in plan.changed.items())
+            report.warn(
+                f"--skip-existing: {len(plan.redone)} image(s) in {shown(options.output)} were "
+                f"explained with other settings ({changes}); they are explained again"
+            )
         if plan.todo:
             try:
                 # The chunk size (cached, else a short probe) and --compile, before any image.
