@@ -21,7 +21,6 @@ from smoothgrad_cli.engine import (
     InputXGradient,
     IntegratedGradients,
     SmoothGrad,
-    _Moments,
     aggregate,
     predict,
     prepare_model,
@@ -29,6 +28,7 @@ from smoothgrad_cli.engine import (
     resolve_precision,
     sample_seed,
 )
+from smoothgrad_cli.engine.smoothgrad import _Moments
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients"),

@@ -419,7 +419,7 @@ def test_kept_noise_bank_and_per_chunk_noise_give_the_same_maps(monkeypatch):
     kept = smoother.attribute(model, x, [0, 1, 2])
     assert smoother._noise_bank is not None
     again = smoother.attribute(model, x[1:2], [1])  # a later call reuses the kept noise
-    monkeypatch.setattr(engine, "_NOISE_BANK_BYTES", 0)
+    monkeypatch.setattr(engine.smoothgrad, "_NOISE_BANK_BYTES", 0)
     drawn = engine.SmoothGrad(engine.Gradient(), samples=6, batch_size=4).attribute(
         model, x, [0, 1, 2]
     )
