@@ -13,6 +13,7 @@ setting no map can be made with is refused when the explainer is made, as a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 from . import engine, tuning
-from .images import load_image
+from .images import ImageError, load_image
 from .models import LoadedModel, ModelError, load_model
-from .settings import MapSettings, Method, SettingsError
+from .settings import Baseline, MapSettings, Method, SettingsError
 
 Loader = Callable[[str, "str | None"], LoadedModel]
 
@@ -118,7 +120,9 @@ class Explainer:
                 f"{{option}} {settings.top_k} exceeds the model's {len(loaded.categories)} classes",
             )
         if settings.method == Method.INTEGRATED_GRADIENTS:
-            base = engine.IntegratedGradients(settings.ig_steps, baseline=loaded.black_baseline())
+            base = engine.IntegratedGradients(
+                settings.ig_steps, baseline=_baseline(settings, loaded)
+            )
         else:
             base = engine.BASE_METHODS[settings.method]()
         if isinstance(base, engine.GuidedBackprop):
@@ -263,6 +267,48 @@ class Explainer:
     def explain_file(self, path: str | PathLike) -> Explanation:
         """An image file → its explanation; ``images.ImageError`` if it cannot be used."""
         return self.explain_photos([load_image(Path(path))])[0]
+
+
+#: the uniform baseline's draw: a stream of the seed that no noisy copy's index reaches
+_UNIFORM_STREAM = 2**40
+#: the blurred baseline's Gaussian σ, as a share of the input's side (Sturmfels et al. 2020
+#: blur until no edge is left; 5 % of 224 pixels is σ ≈ 11)
+BLUR_SIGMA = 0.05
+
+
+def _baseline(settings: MapSettings, loaded: LoadedModel) -> torch.Tensor | Callable:
+    """Integrated gradients' x′ in the model's input space (``settings.baseline``)."""
+    size = loaded.crop_size
+    if settings.baseline == Baseline.BLACK:
+        return loaded.black_baseline()
+    if settings.baseline == Baseline.WHITE:
+        return loaded.to_input_space(torch.ones(3, 1, 1))
+    if settings.baseline == Baseline.UNIFORM:
+        # Drawn from the seed alone, on the CPU: the same x′ for every image and device.
+        generator = torch.Generator().manual_seed(
+            engine.sample_seed(settings.seed, _UNIFORM_STREAM)
+        )
+        return loaded.to_input_space(torch.rand(3, size, size, generator=generator))
+    if settings.baseline == Baseline.BLUR:
+        sigma = BLUR_SIGMA * size
+        kernel = 2 * math.ceil(3 * sigma) + 1
+
+        def blurred(x: torch.Tensor) -> torch.Tensor:
+            # Blurring the normalised input is blurring the photo: normalising is affine.
+            return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+
+        return blurred
+    try:
+        photo = load_image(Path(settings.baseline))
+    except ImageError as exc:
+        raise SettingsError(
+            "baseline",
+            _literal(
+                f"{settings.baseline}: not black, white, blur or uniform, and not an image "
+                f"that can be used ({exc})"
+            ),
+        ) from None
+    return loaded.transform(photo)
 
 
 def _literal(text: str) -> str:

@@ -63,9 +63,13 @@ class LoadedModel:
 
     def black_baseline(self) -> torch.Tensor:
         """A black image in the model's input space, ``(C, 1, 1)``: (0 − mean) / std."""
+        return self.to_input_space(torch.zeros(3, 1, 1))
+
+    def to_input_space(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel values in [0, 1], ``(C, H, W)`` → the model's input: (v − mean) / std."""
         mean = torch.tensor(self.mean).view(-1, 1, 1)
         std = torch.tensor(self.std).view(-1, 1, 1)
-        return (0.0 - mean) / std
+        return (pixels - mean) / std
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The part of a ``width × height`` photo the model sees, in the photo's pixels.

@@ -37,6 +37,16 @@ class Smoothing(str, Enum):
     NONE = "none"
 
 
+class Baseline(str, Enum):
+    """Integrated gradients' starting image x′ (Sturmfels et al. 2020 compare them); any
+    other value is an image file, preprocessed as the inputs are."""
+
+    BLACK = "black"
+    WHITE = "white"
+    BLUR = "blur"  # each input Gaussian-blurred: no edges, the same colours
+    UNIFORM = "uniform"  # uniform noise pixels, drawn once from the seed
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     BF16 = "bf16"
@@ -72,6 +82,7 @@ class MapSettings:
     samples: int = 50
     seed: int = 0
     ig_steps: int = 32
+    baseline: str = Baseline.BLACK.value  # integrated gradients: a name above or an image file
     precision: str = Precision.AUTO.value
     batch_size: int | None = None  # noisy copies per chunk; None: tuned or the default
     target: str | int | None = None  # a class index or name; None: the top-k predictions
@@ -85,6 +96,8 @@ class MapSettings:
                 choices = ", ".join(choice.value for choice in kind)
                 raise SettingsError(key, f"unknown {{option}} {value!r}: use one of {choices}")
             object.__setattr__(self, key, value)  # plain strings, in JSON and comparisons
+        if isinstance(self.baseline, Enum):
+            object.__setattr__(self, "baseline", self.baseline.value)
         checks = (
             ("samples", self.samples >= 1, f"{{option}} must be >= 1, got {self.samples}"),
             (
@@ -158,9 +171,11 @@ class MapSettings:
                 "precision",
             )
         }
-        if self.method != Method.INTEGRATED_GRADIENTS:
+        if self.method == Method.INTEGRATED_GRADIENTS:
+            values["baseline"] = self.baseline
+        else:
             values.pop("ig_steps")
         return values
 
 
-__all__ = ["MapSettings", "Method", "Precision", "SettingsError", "Smoothing"]
+__all__ = ["Baseline", "MapSettings", "Method", "Precision", "SettingsError", "Smoothing"]

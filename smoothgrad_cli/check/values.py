@@ -15,13 +15,13 @@ from PIL import Image, ImageOps
 from .. import names
 from ..errors import did_you_mean
 from ..models import looks_like_file
-from ..settings import Method, Precision, Smoothing
+from ..settings import Baseline, Method, Precision, Smoothing
 from .reports import as_line
 
 #: The map settings a spec's ``[defaults]`` and each ``[[case]]`` may give.
 SETTING_KEYS = (
     "model", "weights", "method", "smoothing", "noise", "samples", "seed", "precision",
-    "ig_steps", "batch_size", "target",
+    "ig_steps", "baseline", "batch_size", "target",
 )  # fmt: skip
 
 
@@ -176,6 +176,10 @@ def read_settings(where: Where, table: dict[str, Any], root: Path) -> dict[str, 
             out[key] = read_string(where, key, value)
         elif key == "weights":
             out[key] = _spec_weights(read_string(where, key, value), root)
+        elif key == "baseline":
+            name = read_string(where, key, value)
+            # a named baseline stays a name; an image file lies beside the spec
+            out[key] = name if name in {b.value for b in Baseline} else str(root / name)
         elif key in choices:
             out[key] = read_choice(where, key, value, (c.value for c in choices[key]))
         elif key == "noise":

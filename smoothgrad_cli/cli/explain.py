@@ -14,6 +14,7 @@ from ..settings import EMBEDDED, Method, Precision, Smoothing
 from .app import OUTPUT, RUN, app, progress_bar, usage_error
 from .options import (
     Device,
+    IgBaseline,
     IgSteps,
     JsonLines,
     MethodChoice,
@@ -51,6 +52,7 @@ def explain(
     samples: Samples = 50,
     seed: Seed = 0,
     ig_steps: IgSteps = 32,
+    baseline: IgBaseline = "black",
     target: Target = None,
     top_k: TopK = 1,
     percentile: Annotated[
@@ -123,6 +125,7 @@ def explain(
             samples=samples,
             seed=seed,
             ig_steps=ig_steps,
+            baseline=baseline,
             precision=precision,
             batch_size=batch_size,
             target=target,

@@ -60,6 +60,15 @@ IgSteps = Annotated[
         "--ig-steps", help="Integration steps for integrated-gradients.", rich_help_panel=METHOD
     ),
 ]
+IgBaseline = Annotated[
+    str,
+    typer.Option(
+        "--baseline",
+        help="Integrated gradients' starting image: black, white, blur (each input blurred), "
+        "uniform (seeded noise) or an image file.",
+        rich_help_panel=METHOD,
+    ),
+]
 Target = Annotated[
     str | None,
     typer.Option(
@@ -92,7 +101,7 @@ Verbose = Annotated[
 ]
 
 __all__ = [
-    "Device", "IgSteps", "JsonLines", "MethodChoice", "ModelName", "Noise",
+    "Device", "IgBaseline", "IgSteps", "JsonLines", "MethodChoice", "ModelName", "Noise",
     "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target", "TopK", "Verbose",
     "Weights",
 ]  # fmt: skip

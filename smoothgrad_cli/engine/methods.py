@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -84,7 +84,11 @@ class IntegratedGradients(BaseMethod):
 
     name = "integrated-gradients"
 
-    def __init__(self, steps: int = 32, baseline: Tensor | float | None = None) -> None:
+    def __init__(
+        self, steps: int = 32, baseline: Tensor | float | Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        """``baseline`` x′: a tensor broadcast against the inputs (a constant image), a number,
+        ``None`` for zeros, or a function of the inputs (a blurred copy of each)."""
         if steps < 1:
             raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
         self.steps = steps
@@ -95,7 +99,12 @@ class IntegratedGradients(BaseMethod):
         self._weights = [float(w) for w in 0.5 * weights]
 
     def attribute(self, model, x, target, precision="fp32"):
-        baseline = torch.zeros((), device=x.device) if self.baseline is None else self.baseline
+        if self.baseline is None:
+            baseline = torch.zeros((), device=x.device)
+        elif callable(self.baseline):
+            baseline = self.baseline(x)
+        else:
+            baseline = self.baseline
         baseline = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
         delta = x - baseline
         total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
