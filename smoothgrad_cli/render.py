@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,44 @@ def signed_map(attribution: np.ndarray, percentile: float = DEFAULT_PERCENTILE) 
     if not scale > 0:
         return np.zeros(summed.shape, dtype=np.float32)
     return np.clip(summed / scale, -1.0, 1.0).astype(np.float32)
+
+
+class Sign(str, Enum):
+    """What a map shows, as Captum's ``visualize_image_attr(sign=…)`` names it: the paper's
+    |attribution| summed over channels, or the channels summed with their sign and then
+    their positive part, their negative part, or both around zero (a diverging colormap)."""
+
+    ABSOLUTE = "absolute"
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    ALL = "all"
+
+
+SIGNS = tuple(s.value for s in Sign)
+
+
+def sign_map(
+    attribution: np.ndarray, sign: str = "absolute", percentile: float = DEFAULT_PERCENTILE
+) -> np.ndarray:
+    """The map to display for ``sign`` (``SIGNS``): in [0, 1], or [−1, 1] for ``all``.
+
+    ``positive`` and ``negative`` keep zero at zero: the part (the negative one as a
+    magnitude) is divided by its ``percentile``-th value, or by its maximum when fewer
+    pixels than that carry it, and clipped to [0, 1].
+    """
+    if sign == "absolute":
+        return magnitude_map(attribution, percentile)
+    if sign == "all":
+        return signed_map(attribution, percentile)
+    if sign not in SIGNS:
+        raise ValueError(f"unknown sign {sign!r}: use one of {', '.join(SIGNS)}")
+    check_percentile(percentile)
+    summed = np.asarray(attribution, dtype=np.float64).sum(axis=0)
+    part = np.maximum(summed if sign == "positive" else -summed, 0.0)
+    scale = float(np.percentile(part, percentile)) or float(part.max())
+    if not scale > 0:
+        return np.zeros(part.shape, dtype=np.float32)
+    return np.clip(part / scale, 0.0, 1.0).astype(np.float32)
 
 
 def grayscale(map01: np.ndarray) -> Image.Image:

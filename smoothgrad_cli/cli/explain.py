@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..images import DEFAULT_MAX_PIXELS
-from ..render import DEFAULT_PERCENTILE
+from ..render import DEFAULT_PERCENTILE, Sign
 from ..report import Report
 from ..settings import EMBEDDED, Method, Precision, Smoothing
 from .app import OUTPUT, RUN, app, progress_bar, usage_error
@@ -64,6 +64,15 @@ def explain(
     overlay: Annotated[
         bool, _flag("--overlay", "Also write the map blended on the photo, at its size.")
     ] = False,
+    sign: Annotated[
+        Sign,
+        _flag(
+            "--sign",
+            "What the map shows: |attribution| summed over channels (the paper's), or the "
+            "channels summed with their sign: its positive part, negative part, or all of it "
+            "around zero in a diverging colormap.",
+        ),
+    ] = Sign.ABSOLUTE,
     diverging: Annotated[
         bool, _flag("--diverging", "Signed map: zero at the centre of a diverging colormap.")
     ] = False,
@@ -147,7 +156,7 @@ def explain(
             percentile=percentile,
             cmap=cmap,
             overlay=overlay,
-            diverging=diverging,
+            sign=_sign(sign, diverging),
             save_raw=save_raw,
             skip_existing=skip_existing,
             fail_fast=fail_fast,
@@ -162,3 +171,10 @@ def explain(
     except KeyboardInterrupt:  # in start-up (importing torch, loading the model): nothing done
         report.interrupted = True
     raise typer.Exit(report.finish())
+
+
+def _sign(sign: Sign, diverging: bool) -> str:
+    """``--diverging`` is ``--sign all``, kept for the scripts that use it."""
+    if diverging and sign not in (Sign.ABSOLUTE, Sign.ALL):
+        usage_error(f"--diverging is --sign all: it cannot go with --sign {sign.value}")
+    return Sign.ALL.value if diverging else sign.value

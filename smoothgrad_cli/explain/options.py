@@ -28,7 +28,7 @@ class ExplainOptions:
     percentile: float = render.DEFAULT_PERCENTILE
     cmap: str | None = None
     overlay: bool = False
-    diverging: bool = False
+    sign: str = render.Sign.ABSOLUTE.value  # what the map shows (render.sign_map)
     save_raw: bool = False
     skip_existing: bool = False
     fail_fast: bool = False
@@ -38,6 +38,8 @@ class ExplainOptions:
 
     def validate(self) -> None:
         """Check the options the settings do not hold, before any work; ``UsageError``."""
+        if self.sign not in render.SIGNS:
+            raise UsageError(f"unknown --sign {self.sign!r}: use one of {', '.join(render.SIGNS)}")
         if self.workers < 1:
             raise UsageError("--workers must be >= 1")
         if self.max_pixels is not None and self.max_pixels < 1:

@@ -109,7 +109,8 @@ class Pipeline:
 
     def _decode(self, image: InputImage) -> _Decoded:
         try:
-            photo = load_image(image.path, self.options.max_pixels)
+            # A URL is downloaded here, in a decode thread, as it comes up (``load_image``).
+            photo = load_image(image, self.options.max_pixels)
             tensor = self.explainer.transform(photo)
             if not self.options.overlay:
                 photo = None  # only overlays need the photo at its own size
@@ -164,16 +165,17 @@ class Pipeline:
         loaded = self.explainer.loaded
         box = loaded.crop_box(*item.photo.size) if item.photo is not None else None
         for attribution, files, result in zip(maps, names, results, strict=True):
-            magnitude = render.magnitude_map(attribution, options.percentile)
-            if options.diverging:
-                picture = render.diverging(
-                    render.signed_map(attribution, options.percentile),
-                    options.cmap or render.DEFAULT_DIVERGING_CMAP,
-                )
-            elif options.cmap:
-                picture = render.colorize(magnitude, options.cmap)
+            shown = render.sign_map(attribution, options.sign, options.percentile)
+            if options.sign == render.Sign.ALL:
+                picture = render.diverging(shown, options.cmap or render.DEFAULT_DIVERGING_CMAP)
+                # the overlay shows where the map is strong, of either sign
+                magnitude = render.magnitude_map(attribution, options.percentile)
             else:
-                picture = render.grayscale(magnitude)
+                magnitude = shown
+                if options.cmap:
+                    picture = render.colorize(shown, options.cmap)
+                else:
+                    picture = render.grayscale(shown)
             render.save_png(picture, files["map"])
             if "overlay" in files:
                 render.save_png(
