@@ -13,6 +13,7 @@ setting no map can be made with is refused when the explainer is made, as a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from . import engine, tuning
 from .images import ImageError, load_image
+from .labels import LabelsError, read_labels
 from .models import LoadedModel, ModelError, load_model
 from .settings import Baseline, MapSettings, Method, SettingsError
 
@@ -49,9 +51,11 @@ class PreparedModel:
         weights: str | None = None,
         device: str | torch.device = "auto",
         loader: Loader | None = None,
+        labels: str | None = None,
     ) -> PreparedModel:
-        """Raises ``SettingsError`` (key ``device``, ``model`` or ``weights``). ``loader``
-        replaces ``models.load_model`` (tests, or a model built in code)."""
+        """Raises ``SettingsError`` (key ``device``, ``model``, ``weights`` or ``labels``).
+        ``loader`` replaces ``models.load_model`` (tests, or a model built in code);
+        ``labels`` is a file of class names (``labels.read_labels``)."""
         try:
             resolved = device if isinstance(device, torch.device) else engine.resolve_device(device)
         except ValueError as exc:
@@ -61,6 +65,12 @@ class PreparedModel:
         except ModelError as exc:
             key = "weights" if weights and "weights" in str(exc) else "model"
             raise SettingsError(key, _literal(str(exc))) from None
+        if labels is not None:
+            try:
+                names = read_labels(labels, len(loaded.categories))
+            except LabelsError as exc:
+                raise SettingsError("labels", _literal(str(exc))) from None
+            loaded = dataclasses.replace(loaded, categories=names)
         shape = (3, loaded.crop_size, loaded.crop_size)
         return cls(
             loaded, engine.prepare_model(loaded.model, resolved, input_shape=shape), resolved
@@ -151,7 +161,10 @@ class Explainer:
         loader: Loader | None = None,
     ) -> Explainer:
         """Load and prepare ``settings.model``, then build the explainer on it."""
-        return cls(settings, PreparedModel.load(settings.model, settings.weights, device, loader))
+        prepared = PreparedModel.load(
+            settings.model, settings.weights, device, loader, labels=settings.labels
+        )
+        return cls(settings, prepared)
 
     def with_settings(self, settings: MapSettings) -> Explainer:
         """Another explainer on the same prepared model (its model and weights must match)."""

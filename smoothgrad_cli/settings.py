@@ -76,6 +76,7 @@ class SettingsError(ValueError):
 class MapSettings:
     model: str = EMBEDDED
     weights: str | None = None
+    labels: str | None = None  # a file of class names for the model's own head
     method: str = Method.GRADIENT.value
     smoothing: str = Smoothing.SMOOTHGRAD.value
     noise: float = 15.0  # percent of (max − min) of each image's model-input tensor
@@ -148,9 +149,9 @@ class MapSettings:
         return self.noise / 100.0
 
     @property
-    def model_key(self) -> tuple[str, str | None]:
+    def model_key(self) -> tuple[str, str | None, str | None]:
         """What the model depends on: settings with the same key share one loaded model."""
-        return (self.model, self.weights)
+        return (self.model, self.weights, self.labels)
 
     def replace(self, **changes: Any) -> MapSettings:
         return dataclasses.replace(self, **changes)

@@ -146,7 +146,9 @@ class Checker:
             s = case.settings
             try:
                 if s.model_key not in self.models:
-                    prepared = PreparedModel.load(s.model, s.weights, self.device, self.loader)
+                    prepared = PreparedModel.load(
+                        s.model, s.weights, self.device, self.loader, labels=s.labels
+                    )
                     self.models[s.model_key] = prepared
                     self.n_layers[s.model_key] = len(randomisable_layers(prepared.model))
                 if s not in by_settings:

@@ -20,7 +20,7 @@ from .reports import as_line
 
 #: The map settings a spec's ``[defaults]`` and each ``[[case]]`` may give.
 SETTING_KEYS = (
-    "model", "weights", "method", "smoothing", "noise", "samples", "seed", "precision",
+    "model", "weights", "labels", "method", "smoothing", "noise", "samples", "seed", "precision",
     "ig_steps", "baseline", "batch_size", "target",
 )  # fmt: skip
 
@@ -176,6 +176,8 @@ def read_settings(where: Where, table: dict[str, Any], root: Path) -> dict[str, 
             out[key] = read_string(where, key, value)
         elif key == "weights":
             out[key] = _spec_weights(read_string(where, key, value), root)
+        elif key == "labels":
+            out[key] = str(root / read_string(where, key, value))
         elif key == "baseline":
             name = read_string(where, key, value)
             # a named baseline stays a name; an image file lies beside the spec

@@ -17,6 +17,7 @@ from .options import (
     IgBaseline,
     IgSteps,
     JsonLines,
+    Labels,
     MethodChoice,
     ModelName,
     Noise,
@@ -46,6 +47,7 @@ def explain(
     ),
     model: ModelName = EMBEDDED,
     weights: Weights = None,
+    labels: Labels = None,
     method: MethodChoice = Method.GRADIENT,
     smoothing: SmoothingChoice = Smoothing.SMOOTHGRAD,
     noise: Noise = 15.0,
@@ -128,6 +130,7 @@ def explain(
         settings = MapSettings(
             model=model,
             weights=weights,
+            labels=labels,
             method=method,
             smoothing=smoothing,
             noise=noise,

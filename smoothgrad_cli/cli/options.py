@@ -27,6 +27,15 @@ Weights = Annotated[
         rich_help_panel=MODEL,
     ),
 ]
+Labels = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Class names for the model's own head: one per line, or JSON (a list, or "
+        "{index: name}) (default: ImageNet's for 1,000 classes, else class 0 … K−1).",
+        rich_help_panel=MODEL,
+    ),
+]
 MethodChoice = Annotated[
     Method, typer.Option("--method", help="Base method M_c(x).", rich_help_panel=METHOD)
 ]
@@ -101,7 +110,7 @@ Verbose = Annotated[
 ]
 
 __all__ = [
-    "Device", "IgBaseline", "IgSteps", "JsonLines", "MethodChoice", "ModelName", "Noise",
+    "Device", "IgBaseline", "IgSteps", "JsonLines", "Labels", "MethodChoice", "ModelName", "Noise",
     "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target", "TopK", "Verbose",
     "Weights",
 ]  # fmt: skip

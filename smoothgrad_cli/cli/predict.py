@@ -9,7 +9,7 @@ import typer
 from ..report import Report
 from ..settings import EMBEDDED, Precision
 from .app import METHOD, app, usage_error
-from .options import Device, JsonLines, ModelName, PrecisionChoice, Verbose, Weights
+from .options import Device, JsonLines, Labels, ModelName, PrecisionChoice, Verbose, Weights
 
 
 @app.command()
@@ -20,6 +20,7 @@ def predict(
     ],
     model: ModelName = EMBEDDED,
     weights: Weights = None,
+    labels: Labels = None,
     top_k: Annotated[
         int, typer.Option("--top-k", help="How many classes per image.", rich_help_panel=METHOD)
     ] = 5,
@@ -33,7 +34,12 @@ def predict(
 
     try:
         settings = MapSettings(
-            model=model, weights=weights, precision=precision, top_k=top_k, smoothing="none"
+            model=model,
+            weights=weights,
+            labels=labels,
+            precision=precision,
+            top_k=top_k,
+            smoothing="none",
         )
     except SettingsError as exc:
         usage_error(exc.command_line_message())
