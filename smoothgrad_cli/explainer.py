@@ -152,6 +152,8 @@ class Explainer:
         )
         #: what the maps are computed with: the prepared model, or its compiled form
         self.attribution_model: nn.Module = prepared.model
+        #: times a run's engine calls against the cached chunk size (``plan_chunks``)
+        self.chunk_meter = tuning.NO_METER
 
     @classmethod
     def load(
@@ -205,8 +207,11 @@ class Explainer:
 
     def plan_chunks(self, *, compile: bool, say: Callable[[str], None]) -> None:
         """Settle the chunk size (cached, else a short timed probe; ``batch_size`` wins) and
-        compile the model if asked, before the first image of a long run."""
-        self.smoother.batch_size, self.attribution_model = tuning.plan_run(
+        compile the model if asked, before the first image of a long run.
+
+        ``chunk_meter.wrap(progress)`` then times each engine call for the chunk-size cache
+        (``tuning.NO_METER``, a no-op, when there is nothing to check)."""
+        plan = tuning.plan_run(
             self.model,
             self.device,
             self.prepared.input_shape,
@@ -215,7 +220,10 @@ class Explainer:
             compile=compile and not isinstance(self.smoother.base, engine.GuidedBackprop),
             model_name=self.loaded.name,
             say=say,
+            passes_per_row=self.smoother.base.passes_per_input,
         )
+        self.smoother.batch_size, self.attribution_model = plan.batch_size, plan.model
+        self.chunk_meter = plan.meter
 
     # --- photos → maps -------------------------------------------------------------------
 

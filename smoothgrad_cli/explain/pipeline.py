@@ -128,7 +128,10 @@ class Pipeline:
 
         try:
             explanations = self.explainer.explain(
-                torch.stack([item.tensor for item in good]), progress=advance, on_oom=self.said_oom
+                torch.stack([item.tensor for item in good]),
+                # the chunk-size cache is checked against what the run achieves
+                progress=self.explainer.chunk_meter.wrap(advance),
+                on_oom=self.said_oom,
             )
         except torch.cuda.OutOfMemoryError as exc:
             # Even one noisy copy at a time does not fit: every image would fail the same way.
