@@ -286,8 +286,9 @@ class Explainer:
         return self.explain(torch.stack([self.transform(photo) for photo in photos]))
 
     def explain_file(self, path: str | PathLike) -> Explanation:
-        """An image file → its explanation; ``images.ImageError`` if it cannot be used."""
-        return self.explain_photos([load_image(Path(path))])[0]
+        """An image file, or an ``http(s)://`` URL given as a string → its explanation;
+        ``images.ImageError`` if it cannot be used."""
+        return self.explain_photos([load_image(path)])[0]
 
 
 #: the uniform baseline's draw: a stream of the seed that no noisy copy's index reaches

@@ -1,9 +1,14 @@
-"""Finding input images and decoding them into RGB photos, whatever their format quirks."""
+"""Finding input images and decoding them into RGB photos, whatever their format quirks.
+
+Inputs are files, folders, globs and ``http(s)://`` URLs (``remote.py``: their names and
+download); files and downloaded bytes are decoded by the same code, with the same checks.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import os
 import re
 import threading
@@ -11,11 +16,13 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from . import jpeg
+from . import jpeg, remote
+from .names import shown
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif",
@@ -35,9 +42,14 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class InputImage:
-    path: Path
-    #: where it sits below the common root of the inputs; outputs mirror this
+    #: the file, or for a URL the URL as given (a ``str``: a ``Path`` would fold its ``//``),
+    #: which is what reports and the manifest show
+    path: Path | str
+    #: where its outputs go below the output folder: its place below the common root of the
+    #: local inputs, or ``urls/<host>/<path>`` for a URL (``remote.output_relative``)
     relative: Path
+    #: the URL to download, for an ``http(s)://`` input
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,16 +63,24 @@ def discover(
     patterns: Iterable[str] | None = None,
     exclude: Iterable[str | os.PathLike] = (),
 ) -> tuple[list[InputImage], list[MissingInput]]:
-    """Files, folders (recursively) and globs → images in a stable, sorted order.
+    """Files, folders (recursively), globs and URLs → images in a stable, sorted order.
 
     Outputs mirror the inputs below their common root, so ``a/cat.jpg`` and ``b/cat.jpg``
     never collide. Symlinked folders are followed once each, so a link loop cannot hang.
     Folders in ``exclude`` (the output folder) are never searched. A folder named like an
     image (``x.jpg``) is listed too, so that it is reported, and searched like any other.
     Folders that cannot be read come back in the second list with the reason.
+
+    An input starting with ``http://`` or ``https://`` is a URL, taken whatever its
+    extension, named by ``remote.output_relative`` and downloaded only when it is decoded.
+    Another ``scheme://`` is refused, unless a file or folder of that name exists. An input
+    whose outputs would have the same names as an earlier one's (two URLs that differ only in
+    their query, a local ``urls/<host>/`` folder) is refused with the reason, not overwritten.
     """
     patterns = [p.lower() for p in patterns] if patterns else None
-    found: list[tuple[Path, Path]] = []  # (file, root it was found under)
+    # (file, root it was found under), or (URL, its outputs' place) for a URL
+    found: list[tuple[Path, Path] | tuple[str, Path]] = []
+    urls: set[str] = set()
     missing: list[MissingInput] = []
     seen: set[Path] = set()
     excluded = {os.path.realpath(folder) for folder in exclude}
@@ -84,7 +104,19 @@ def discover(
 
     for spec in inputs:
         path = Path(spec)
-        if path.is_dir():
+        scheme = remote.scheme_of(spec)
+        if scheme in remote.SCHEMES:
+            try:
+                relative = remote.output_relative(spec)
+            except ValueError as exc:
+                missing.append(MissingInput(spec, str(exc)))
+                continue
+            if spec not in urls:
+                urls.add(spec)
+                found.append((spec, relative))
+        elif scheme is not None and not (path.exists() or path.is_symlink()):
+            missing.append(MissingInput(spec, remote.unsupported_scheme(scheme)))
+        elif path.is_dir():
             for file in _walk(path, excluded, wanted, unreadable):
                 add(file, path)
         elif path.exists() or path.is_symlink():
@@ -102,12 +134,40 @@ def discover(
 
     if not found:
         return [], missing
-    roots = {os.path.abspath(root) for _, root in found}
-    common = Path(os.path.commonpath(sorted(roots)))
+    roots = {os.path.abspath(root) for file, root in found if not isinstance(file, str)}
+    common = Path(os.path.commonpath(sorted(roots))) if roots else None
     images = [
-        InputImage(file, Path(os.path.relpath(os.path.abspath(file), common))) for file, _ in found
+        InputImage(file, where, url=file)
+        if isinstance(file, str)
+        else InputImage(file, Path(os.path.relpath(os.path.abspath(file), common)))
+        for file, where in found
     ]
-    return images, missing
+    return _apart(images, missing)
+
+
+def _apart(
+    images: list[InputImage], missing: list[MissingInput]
+) -> tuple[list[InputImage], list[MissingInput]]:
+    """``images`` without those whose outputs would overwrite an earlier one's, which go to
+    ``missing`` with the reason. Local files never clash with each other (each has its own
+    place below their common root): only a URL can clash, with a URL or a local file."""
+    if not any(image.url for image in images):
+        return images, missing
+    first: dict[Path, InputImage] = {}
+    kept = []
+    for image in images:
+        earlier = first.setdefault(image.relative, image)
+        if earlier is image:
+            kept.append(image)
+            continue
+        missing.append(
+            MissingInput(
+                os.fspath(image.path),
+                f"not explained: its outputs would overwrite those of {shown(earlier.path)} "
+                f"(both named {shown(image.relative.as_posix())})",
+            )
+        )
+    return kept, missing
 
 
 def _inside(real: str, folders: set[str]) -> bool:
@@ -150,16 +210,48 @@ def _walk(folder: Path, excluded: set[str], wanted, onerror) -> list[Path]:
     return sorted(files, key=lambda path: path.parts)
 
 
-def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` into an 8-bit RGB photo, upright.
+#: the reason for bytes that are no image Pillow knows (a download adds its Content-Type)
+NOT_AN_IMAGE = "not an image file Pillow can read"
+
+
+def load_image(
+    source: InputImage | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode ``source`` into an 8-bit RGB photo, upright: a file, or an ``http(s)://``
+    URL (an ``InputImage`` with ``url``, or a ``str``; a ``Path`` is always a file).
 
     Handles grayscale, palette, RGBA/LA (composited on ``BACKGROUND``), CMYK, 16-bit, EXIF
     orientation and animated images (first frame). Raises ``ImageError`` with the reason,
-    for a JPEG whose data ends early or is corrupt too (libjpeg would pad it with grey).
+    for a JPEG whose data ends early or is corrupt too (libjpeg would pad it with grey), and
+    for a download that fails (``remote.fetch``: its status, a timeout, too large, …).
     Images of more than ``max_pixels`` pixels (``None``: no limit) are refused from their
     header, before any pixel is decoded.
     """
-    path = Path(path)
+    if isinstance(source, InputImage):
+        url, path = source.url, source.path
+    else:
+        url = source if isinstance(source, str) and remote.is_url(source) else None
+        path = source
+    if url is not None:
+        return _load_url(url, max_pixels)
+    return _load_file(Path(path), max_pixels)
+
+
+def _load_url(url: str, max_pixels: int | None) -> Image.Image:
+    # Here, in the thread that decodes it: a list of URLs is not fetched before the first map.
+    try:
+        download = remote.fetch(url)
+    except remote.DownloadError as exc:
+        raise ImageError(str(exc)) from None
+    try:
+        return _decode(io.BytesIO(download.data), max_pixels)
+    except ImageError as exc:
+        if str(exc) == NOT_AN_IMAGE and download.content_type:
+            raise ImageError(f"{exc} (the server sent {download.content_type})") from None
+        raise
+
+
+def _load_file(path: Path, max_pixels: int | None) -> Image.Image:
     if path.is_dir():
         raise ImageError("is a folder, not an image")
     try:
@@ -172,32 +264,44 @@ def load_image(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
     if size == 0:
         raise ImageError("empty file (0 bytes)")
-    _allow_pillow_pixels(max_pixels)
     try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
-            # The header gives the size before any pixel is decoded: refuse bombs here.
-            pixels = image.width * image.height
-            if max_pixels is not None and pixels > max_pixels:
-                raise ImageError(_bomb_message(pixels, max_pixels))
-            image.seek(0)  # animated GIF/PNG/WebP: the first frame
-            if image.format in ("JPEG", "MPO"):
-                jpeg.load(image, handle)
-            else:
-                image.load()
-            return _to_rgb(image)
-    except ImageError:
-        raise
-    except jpeg.DamagedJpeg as exc:
-        raise ImageError(f"truncated or corrupt image ({exc})") from None
+        handle = open(path, "rb")
     except PermissionError:
         raise ImageError("permission denied") from None
     except FileNotFoundError:
         raise ImageError("file vanished before it could be read") from None
     except IsADirectoryError:
         raise ImageError("is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
+    with handle:
+        return _decode(handle, max_pixels)
+
+
+def _decode(handle: BinaryIO, max_pixels: int | None) -> Image.Image:
+    """The one decoding path, for files and downloads alike: the header's size checked
+    against ``max_pixels``, JPEG scans checked whole (``jpeg.load``), then RGB."""
+    _allow_pillow_pixels(max_pixels)
+    try:
+        image = Image.open(handle)
+        # The header gives the size before any pixel is decoded: refuse bombs here.
+        pixels = image.width * image.height
+        if max_pixels is not None and pixels > max_pixels:
+            raise ImageError(_bomb_message(pixels, max_pixels))
+        image.seek(0)  # animated GIF/PNG/WebP: the first frame
+        if image.format in ("JPEG", "MPO"):
+            jpeg.load(image, handle)
+        else:
+            image.load()
+        return _to_rgb(image)
+    except ImageError:
+        raise
+    except jpeg.DamagedJpeg as exc:
+        raise ImageError(f"truncated or corrupt image ({exc})") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image file Pillow can read") from None
+        raise ImageError(NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check, in Image.open (the warning when a filter makes it an error).
         found = re.search(r"\((\d+) pixels\)", str(exc))

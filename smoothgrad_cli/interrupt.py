@@ -29,6 +29,13 @@ class _Handler:
         raise KeyboardInterrupt
 
 
+def stopping() -> bool:
+    """Whether a stop has begun (a Ctrl-C or ``kill`` was handled): work in other threads,
+    a download waiting on a server, can give up instead of holding the clean-up back."""
+    handler = signal.getsignal(signal.SIGINT)
+    return isinstance(handler, _Handler) and handler.stopping
+
+
 def install() -> _Handler | None:
     """Handle SIGINT and SIGTERM as above for the rest of the process (the command line's
     entry point calls this first). Only the main thread can set handlers; elsewhere nothing

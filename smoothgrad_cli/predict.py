@@ -31,7 +31,8 @@ def run_predict(inputs: list[str], settings: MapSettings, device: str, report: R
         good, tensors = [], []
         for image in images[start : start + BATCH]:
             try:
-                tensors.append(explainer.transform(load_image(image.path)))
+                # a URL is downloaded here, when its batch comes up, not all before the first
+                tensors.append(explainer.transform(load_image(image)))
                 good.append(image)
             except ImageError as exc:
                 report.failed(image.path, str(exc))

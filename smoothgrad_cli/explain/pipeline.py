@@ -109,7 +109,8 @@ class Pipeline:
 
     def _decode(self, image: InputImage) -> _Decoded:
         try:
-            photo = load_image(image.path, self.options.max_pixels)
+            # A URL is downloaded here, in a decode thread, as it comes up (``load_image``).
+            photo = load_image(image, self.options.max_pixels)
             tensor = self.explainer.transform(photo)
             if not self.options.overlay:
                 photo = None  # only overlays need the photo at its own size

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import engine, outputs
+from .. import engine, outputs, remote
 from ..errors import UsageError
 from ..images import InputImage, MissingInput, discover
 from ..manifest import read_manifest, recorded_done
@@ -62,6 +62,8 @@ def check_inputs_outside(inputs: list[str], output: Path) -> None:
     inside it would silently give nothing: say so instead."""
     out = os.path.realpath(output)
     for spec in inputs:
+        if remote.is_url(spec):
+            continue  # downloaded, never looked for on disk
         real = os.path.realpath(spec)
         if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
             where = "is" if real == out else "is inside"
