@@ -61,9 +61,9 @@ def check_main(
     """The ``smoothgrad check`` command; returns the exit code."""
     from rich.console import Console
 
-    out = Console(highlight=False, soft_wrap=True)
-    if not out.is_terminal:
-        out.width = max(out.width, 140)  # CI logs: keep each check on one line
+    from ..report import print_table, stdout_console
+
+    out = stdout_console()  # CI logs: each check on one line, its paths never folded
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def log(message: str) -> None:
@@ -87,7 +87,7 @@ def check_main(
         for line in reports.json_lines(run):
             out.print(line, markup=False)
     else:
-        out.print(results_table(run))
+        print_table(out, results_table(run))
     if junit is not None:
         try:
             atomic_write(junit, junit_xml(run))

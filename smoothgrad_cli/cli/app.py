@@ -1,8 +1,10 @@
 """The Typer application, the entry point, and what every command shares: one-line usage
-errors, the progress bar and the option panels."""
+errors, help as users read it, a quiet end when stdout is closed, the progress bar and the
+option panels."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Annotated, NoReturn
 
@@ -10,19 +12,110 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
+from ..report import stdout_closed
 
-app = typer.Typer(
+# --- help as users read it -----------------------------------------------------------------
+#
+# The typer installed here (0.29) writes a type after every option in its rich help, flags
+# included: `--overlay <bool>` reads as if the flag took a value, and `--overlay true` then
+# makes "true" an input file. Its plain (non-rich) help already leaves flags bare; its rich
+# formatter shows an option's `metavar` instead of the type whenever one is set. So the
+# least intrusive fix is to give every flag the empty metavar (a flag takes no value) in the
+# command classes below: no typer internals are patched, and an option that sets its own
+# metavar keeps it. The usage line is the other half: typer writes a required argument as
+# `{inputs}...`, not the `INPUTS...` that click, argparse and man pages use; the classes
+# write arguments in that convention, from the argument's metavar (or its name, in capitals).
+
+
+def _bare_flags(params) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+def _usage_name(argument) -> str:
+    """``INPUTS...``, ``SPEC``, ``[PATTERN]``: the metavar as given (its name in capitals
+    without one), ``...`` if it takes several values, in brackets if it may be left out."""
+    name = argument.metavar or argument.name.upper()
+    if argument.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    if not argument.required and not name.startswith("["):
+        name = f"[{name}]"
+    return name
+
+
+class _BareFlags:
+    """Flags, ``--help`` included, without a metavar (see above)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _bare_flags(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        _bare_flags([option] if option is not None else [])
+        return option
+
+
+class Command(_BareFlags, TyperCommand):
+    """Every command of ``app``: bare flags, and arguments as ``NAME`` in the usage line."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(_usage_name(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class Group(_BareFlags, TyperGroup):
+    """``smoothgrad`` itself: bare flags too, and the place that sees a closed stdout.
+
+    ``smoothgrad … | head -1`` closes the pipe while the tool still writes: the next write
+    raises ``BrokenPipeError``. Typer would turn it into a silent exit 1, which reads as
+    "some inputs failed". Here it ends the run as a Unix tool ends when its reader goes
+    away: no traceback, no message, exit 141 (128 + SIGPIPE, what a shell reports for a
+    tool the signal killed). ``Report`` stops an ``explain``/``predict`` run at the first
+    result it cannot write; this catches the rest (``models``, ``check``, ``--version``).
+    ``--help`` is printed by typer's own rich console, which ends quietly with exit 1."""
+
+    def make_context(self, *args, **kwargs):
+        # --version is printed while the options are parsed, before any command runs.
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            raise typer.Exit(stdout_closed()) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise typer.Exit(stdout_closed()) from None
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands are ``Command``s unless one names its own class."""
+
+    def command(self, name: str | None = None, *, cls=None, **kwargs):
+        return super().command(name, cls=cls or Command, **kwargs)
+
+
+app = _Typer(
     name="smoothgrad",
+    cls=Group,
     help="SmoothGrad saliency maps: what is this image classifier looking at?",
     no_args_is_help=True,
     add_completion=False,
@@ -69,15 +162,36 @@ def progress_bar(console: Console):
     return factory
 
 
+class _Done(ProgressColumn):
+    """``M/N P%``: images wholly done and the share done, both rounded down, so they agree.
+
+    rich's own columns write ``int(completed)`` beside a percentage rounded to nearest, so a
+    run at 15.99 of 16 images reads "15/16 100%"."""
+
+    def render(self, task) -> Text:
+        total = int(task.total or 0)
+        done = min(total, math.floor(task.completed))
+        share = math.floor(100 * task.completed / total) if total else 0
+        return Text(f"{done}/{total} {min(share, 100):>3}%", style="progress.percentage")
+
+
 class ProgressBar:
-    """Images done, their rate and the time left, on stderr."""
+    """Images done, their rate and the time left, on stderr.
+
+    An image advances by fractions, one per chunk of its noisy copies (``rows / rows per
+    image``); the sum is kept here and rounded to 1e-9 of an image, so that 50 fiftieths make
+    exactly one image whatever the float sums give. Outside a terminal rich prints the bar once,
+    at the end: that line must be exact. A run that ends without an exception has dealt with
+    every image (done or failed), so the bar ends at N/N; an interrupted one shows how far it
+    got."""
 
     def __init__(self, console: Console, total: int) -> None:
+        self.total = total
+        self.done = 0.0
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
+            _Done(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
@@ -88,9 +202,9 @@ class ProgressBar:
         self.task = self.progress.add_task("explaining", total=total, rate="")
 
     def advance(self, amount: float) -> None:
-        self.progress.advance(self.task, amount)
-        task = self.progress.tasks[0]
-        speed = task.speed
+        self.done += amount
+        self.progress.update(self.task, completed=min(self.total, round(self.done, 9)))
+        speed = self.progress.tasks[0].speed
         if speed:
             rate = f"{speed:.2f} img/s" if speed >= 0.1 else f"{1 / speed:.1f} s/img"
             self.progress.update(self.task, rate=rate)
@@ -99,8 +213,10 @@ class ProgressBar:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.progress.update(self.task, completed=self.total)
+        return self.progress.__exit__(exc_type, exc, tb)
 
 
 def _click_exceptions():
@@ -114,7 +230,8 @@ def _click_exceptions():
 
 
 def main() -> None:
-    """Entry point: usage errors become one line on stderr and exit code 2."""
+    """Entry point: usage errors become one line on stderr and exit code 2; a closed stdout
+    ends the run quietly with 141 (see ``Group``)."""
     errors = _click_exceptions()
     try:
         code = app(standalone_mode=False)
@@ -131,4 +248,12 @@ def main() -> None:
     except errors.ClickException as exc:
         print(f"smoothgrad: error: {exc.format_message()}", file=sys.stderr)
         code = exc.exit_code
+    except BrokenPipeError:  # written outside any command; Group catches those inside
+        code = stdout_closed()
+    # Whatever is still buffered goes out now, not in Python's shutdown, which would report a
+    # reader that has gone as "Exception ignored ... BrokenPipeError" on stderr.
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = stdout_closed()
     sys.exit(code if isinstance(code, int) else 0)

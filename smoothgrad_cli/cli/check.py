@@ -13,11 +13,16 @@ from .app import app
 @app.command("check")
 def check_command(
     spec: Annotated[
-        # escaped: Typer reads help as rich markup, where [defaults] would be a style tag
-        Path, typer.Argument(help="The TOML spec: \\[defaults] and \\[\\[case]] tables.")
+        Path,
+        typer.Argument(
+            metavar="SPEC",
+            # escaped: Typer reads help as rich markup, where [defaults] would be a style tag
+            help="The TOML spec: \\[defaults] and \\[\\[case]] tables.",
+        ),
     ],
     junit: Annotated[
-        Path | None, typer.Option(help="Also write a JUnit XML report (one test per check).")
+        Path | None,
+        typer.Option(metavar="FILE", help="Also write a JUnit XML report (one test per check)."),
     ] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per check.")] = False,
     update_golden: Annotated[
@@ -33,7 +38,8 @@ def check_command(
         ),
     ] = False,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides the spec).")
+        str | None,
+        typer.Option(metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (overrides the spec)."),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Predictions per case, tracebacks.")

@@ -32,19 +32,22 @@ from .options import (
 )
 
 
-def _flag(name: str, help: str, panel: str = OUTPUT, *short: str):
-    return typer.Option(name, *short, help=help, rich_help_panel=panel)
+def _flag(name: str, help: str, panel: str = OUTPUT, *short: str, metavar: str | None = None):
+    return typer.Option(name, *short, metavar=metavar, help=help, rich_help_panel=panel)
 
 
 @app.command()
 def explain(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders (searched recursively) and glob patterns."),
+        typer.Argument(
+            metavar="INPUTS...",
+            help="Image files, folders (searched recursively), glob patterns and http(s) URLs.",
+        ),
     ],
-    output: Annotated[Path, _flag("--output", "Folder for the maps.", OUTPUT, "-o")] = Path(
-        "smoothgrad_out"
-    ),
+    output: Annotated[
+        Path, _flag("--output", "Folder for the maps.", OUTPUT, "-o", metavar="DIR")
+    ] = Path("smoothgrad_out"),
     model: ModelName = EMBEDDED,
     weights: Weights = None,
     labels: Labels = None,
@@ -58,10 +61,11 @@ def explain(
     target: Target = None,
     top_k: TopK = 1,
     percentile: Annotated[
-        float, _flag("--percentile", "Cap the display at this percentile.")
+        float, _flag("--percentile", "Cap the display at this percentile.", metavar="P")
     ] = DEFAULT_PERCENTILE,
     cmap: Annotated[
-        str | None, _flag("--cmap", "Matplotlib colormap for the map (default: grayscale).")
+        str | None,
+        _flag("--cmap", "Matplotlib colormap for the map (default: grayscale).", metavar="NAME"),
     ] = None,
     overlay: Annotated[
         bool, _flag("--overlay", "Also write the map blended on the photo, at its size.")
@@ -89,8 +93,10 @@ def explain(
         _flag(
             "--batch-size",
             "Noisy copies per forward/backward chunk (default: timed once per model, "
-            "device, input size and precision, then cached; see SMOOTHGRAD_CACHE_DIR).",
+            "device, input size and precision, then cached; see SMOOTHGRAD_CACHE_DIR; "
+            "SMOOTHGRAD_RETUNE=1 times it again).",
             RUN,
+            metavar="N",
         ),
     ] = None,
     compile_model: Annotated[
@@ -109,16 +115,25 @@ def explain(
         bool, _flag("--fail-fast", "Stop at the first failed input.", RUN)
     ] = False,
     max_pixels: Annotated[
-        int, _flag("--max-pixels", "Refuse images with more pixels (decompression bombs).", RUN)
+        int,
+        _flag(
+            "--max-pixels",
+            "Refuse images with more pixels (decompression bombs).",
+            RUN,
+            metavar="N",
+        ),
     ] = DEFAULT_MAX_PIXELS,
     pattern: Annotated[
         list[str] | None,
         _flag(
-            "--pattern", "File-name glob(s) to take from folders (default: image extensions).", RUN
+            "--pattern",
+            "File-name glob(s) to take from folders (default: image extensions).",
+            RUN,
+            metavar="GLOB",
         ),
     ] = None,
     workers: Annotated[
-        int, _flag("--workers", "Threads that decode and write beside the model.", RUN)
+        int, _flag("--workers", "Threads that decode and write beside the model.", RUN, metavar="N")
     ] = 4,
     quiet: Annotated[bool, _flag("--quiet", "No progress bar.", RUN, "-q")] = False,
     verbose: Verbose = False,

@@ -15,6 +15,7 @@ ModelName = Annotated[
     str,
     typer.Option(
         "--model",
+        metavar="NAME",
         help="Classifier: the embedded efficientnet_lite0 or any torchvision classifier.",
         rich_help_panel=MODEL,
     ),
@@ -23,6 +24,7 @@ Weights = Annotated[
     str | None,
     typer.Option(
         "--weights",
+        metavar="NAME|FILE",
         help="Weights enum name (DEFAULT, IMAGENET1K_V2, …) or a local state-dict file.",
         rich_help_panel=MODEL,
     ),
@@ -31,6 +33,7 @@ Labels = Annotated[
     str | None,
     typer.Option(
         "--labels",
+        metavar="FILE",
         help="Class names for the model's own head: one per line, or JSON (a list, or "
         "{index: name}) (default: ImageNet's for 1,000 classes, else class 0 … K−1).",
         rich_help_panel=MODEL,
@@ -51,28 +54,40 @@ Noise = Annotated[
     float,
     typer.Option(
         "--noise",
+        metavar="PCT",
         help="Noise level σ in percent of (max − min) of each image's model-input tensor.",
         rich_help_panel=METHOD,
     ),
 ]
 Samples = Annotated[
     int,
-    typer.Option("--samples", "-n", help="Noisy copies per image.", rich_help_panel=METHOD),
+    typer.Option(
+        "--samples", "-n", metavar="N", help="Noisy copies per image.", rich_help_panel=METHOD
+    ),
 ]
 Seed = Annotated[
     int,
-    typer.Option("--seed", help="Seed of the noise: same seed, same map.", rich_help_panel=METHOD),
+    typer.Option(
+        "--seed",
+        metavar="N",
+        help="Seed of the noise: same seed, same map.",
+        rich_help_panel=METHOD,
+    ),
 ]
 IgSteps = Annotated[
     int,
     typer.Option(
-        "--ig-steps", help="Integration steps for integrated-gradients.", rich_help_panel=METHOD
+        "--ig-steps",
+        metavar="N",
+        help="Integration steps for integrated-gradients.",
+        rich_help_panel=METHOD,
     ),
 ]
 IgBaseline = Annotated[
     str,
     typer.Option(
         "--baseline",
+        metavar="NAME|FILE",
         help="Integrated gradients' starting image: black, white, blur (each input blurred), "
         "uniform (seeded noise) or an image file.",
         rich_help_panel=METHOD,
@@ -82,16 +97,25 @@ Target = Annotated[
     str | None,
     typer.Option(
         "--target",
+        metavar="CLASS",
         help="Class to explain: an index or a class name (default: the top-1 prediction).",
         rich_help_panel=METHOD,
     ),
 ]
 TopK = Annotated[
     int,
-    typer.Option("--top-k", help="One map for each of the K best classes.", rich_help_panel=METHOD),
+    typer.Option(
+        "--top-k",
+        metavar="K",
+        help="One map for each of the K best classes.",
+        rich_help_panel=METHOD,
+    ),
 ]
 Device = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)
+    str,
+    typer.Option(
+        "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN
+    ),
 ]
 PrecisionChoice = Annotated[
     Precision,

@@ -16,13 +16,19 @@ from .options import Device, JsonLines, Labels, ModelName, PrecisionChoice, Verb
 def predict(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders (searched recursively) and glob patterns."),
+        typer.Argument(
+            metavar="INPUTS...",
+            help="Image files, folders (searched recursively), glob patterns and http(s) URLs.",
+        ),
     ],
     model: ModelName = EMBEDDED,
     weights: Weights = None,
     labels: Labels = None,
     top_k: Annotated[
-        int, typer.Option("--top-k", help="How many classes per image.", rich_help_panel=METHOD)
+        int,
+        typer.Option(
+            "--top-k", metavar="K", help="How many classes per image.", rich_help_panel=METHOD
+        ),
     ] = 5,
     json_lines: JsonLines = False,
     device: Device = "auto",

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from .. import render
-from ..explainer import Explainer, Explanation
+from ..explainer import Explainer
 from ..images import ImageError, InputImage, load_image
 from ..manifest import Manifest, error_entry, ok_entry
-from ..report import ImageResult, MapResult, Report
+from ..report import ImageResult, MapResult, Report, map_results
 from .options import ExplainOptions
 
 #: write errors after which every later image would fail the same way
@@ -151,7 +151,7 @@ class Pipeline:
             if explanation.problem is not None:
                 self.fail(item.image.path, explanation.problem, None)
                 continue
-            results = _map_results(explanation)
+            results = map_results(explanation)
             future = writer.submit(self._write, item, explanation.maps, results)
             pending_writes.append((future, item, results))
 
@@ -234,19 +234,6 @@ class Pipeline:
                 return
             self.report.failed(self.manifest.path, manifest_failure(exc), exc)
             raise Abort from None
-
-
-def _map_results(explanation: Explanation) -> list[MapResult]:
-    return [
-        MapResult(
-            rank=rank,
-            class_index=int(c),
-            class_name=explanation.categories[c],
-            probability=float(explanation.probabilities[c]),
-            outputs={},
-        )
-        for rank, c in enumerate(explanation.classes, start=1)
-    ]
 
 
 def _batched(iterable, size: int):
