@@ -71,14 +71,14 @@ class PreparedModel:
             except LabelsError as exc:
                 raise SettingsError("labels", _literal(str(exc))) from None
             loaded = dataclasses.replace(loaded, categories=names)
-        shape = (3, loaded.crop_size, loaded.crop_size)
+        shape = loaded.input_shape
         return cls(
             loaded, engine.prepare_model(loaded.model, resolved, input_shape=shape), resolved
         )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.loaded.crop_size, self.loaded.crop_size)
+        return self.loaded.input_shape
 
 
 @dataclass
@@ -300,7 +300,7 @@ BLUR_SIGMA = 0.05
 
 def _baseline(settings: MapSettings, loaded: LoadedModel) -> torch.Tensor | Callable:
     """Integrated gradients' x′ in the model's input space (``settings.baseline``)."""
-    size = loaded.crop_size
+    _, height, width = loaded.input_shape
     if settings.baseline == Baseline.BLACK:
         return loaded.black_baseline()
     if settings.baseline == Baseline.WHITE:
@@ -310,9 +310,9 @@ def _baseline(settings: MapSettings, loaded: LoadedModel) -> torch.Tensor | Call
         generator = torch.Generator().manual_seed(
             engine.sample_seed(settings.seed, _UNIFORM_STREAM)
         )
-        return loaded.to_input_space(torch.rand(3, size, size, generator=generator))
+        return loaded.to_input_space(torch.rand(3, height, width, generator=generator))
     if settings.baseline == Baseline.BLUR:
-        sigma = BLUR_SIGMA * size
+        sigma = BLUR_SIGMA * min(height, width)
         kernel = 2 * math.ceil(3 * sigma) + 1
 
         def blurred(x: torch.Tensor) -> torch.Tensor:

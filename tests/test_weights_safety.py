@@ -246,3 +246,89 @@ def test_cli_refuses_the_planted_pickle_with_one_line(hub, tmp_path, sample_imag
     assert lines[0].startswith("smoothgrad: error: ") and str(file) in lines[0]
     assert "does not match the hash in its name" in lines[0]
     assert not out.exists() or not list(out.rglob("*.png"))
+
+
+# --- safetensors, timm's hub cache and transformers folders -----------------------------------
+
+
+@pytest.fixture
+def hf_hub(tmp_path, monkeypatch) -> Path:
+    from hub_cache import offline_hub
+
+    return offline_hub(tmp_path, monkeypatch)
+
+
+def test_safetensors_weights_load_without_torch_load(tmp_path, loads, resnet18_state):
+    from safetensors.torch import save_file
+
+    file = tmp_path / "r18.safetensors"
+    save_file(dict(resnet18_state), file)
+    loaded = load_model("resnet18", weights=str(file))
+    assert torch.equal(loaded.model.fc.weight, resnet18_state["fc.weight"])
+    assert loads == []  # no unpickler involved at all
+    # told by its content, whatever its name says
+    renamed = tmp_path / "r18.pth"
+    renamed.write_bytes(file.read_bytes())
+    assert torch.equal(load_model("resnet18", str(renamed)).model.fc.weight, loaded.model.fc.weight)
+    assert loads == []
+
+
+def test_damaged_safetensors_is_one_line(tmp_path):
+    file = tmp_path / "cut.safetensors"
+    file.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ModelError, match="not a safetensors file that can be read") as info:
+        load_model("resnet18", weights=str(file))
+    _one_line_error(info, file)
+
+
+def test_timm_cached_pickle_with_code_is_refused(hf_hub, loads, tmp_path):
+    from hub_cache import plant
+
+    marker = tmp_path / "MARKER"
+    snapshot = plant(hf_hub, "timm/resnet18.a1_in1k", {"pytorch_model.bin": _evil_bytes(marker)})
+    with pytest.raises(ModelError) as info:
+        load_model("timm:resnet18")
+    assert not marker.exists(), "the cached pickle ran"
+    assert "may hold code" in _one_line_error(info, snapshot / "pytorch_model.bin")
+    assert loads == [True]
+
+
+def test_transformers_folder_with_a_pickle_with_code_is_refused(tmp_path, loads):
+    pytest.importorskip("transformers")
+    from hub_cache import save_tiny_vit
+
+    folder = tmp_path / "vit"
+    save_tiny_vit(folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "MARKER"
+    (folder / "pytorch_model.bin").write_bytes(_evil_bytes(marker))
+    with pytest.raises(ModelError) as info:
+        load_model(f"hf:{folder}")
+    assert not marker.exists(), "the pickle in the folder ran"
+    assert "may hold code" in _one_line_error(info, folder / "pytorch_model.bin")
+    assert loads == [True]  # ours: transformers never opened the file
+
+
+def test_transformers_folder_with_its_own_code_never_runs_it(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "MARKER"
+    code = f"open({str(marker)!r}, 'w').write('code from the folder ran')\n"
+    for module in ("configuration_evil.py", "modeling_evil.py"):
+        (folder / module).write_text(code)
+    config = {
+        "model_type": "evil",
+        "architectures": ["EvilForImageClassification"],
+        "auto_map": {
+            "AutoConfig": "configuration_evil.EvilConfig",
+            "AutoModelForImageClassification": "modeling_evil.EvilForImageClassification",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="config.json cannot be used .*never run") as info:
+        load_model(f"hf:{folder}")
+    _one_line_error(info, folder)
+    assert not marker.exists(), "code from the folder ran"

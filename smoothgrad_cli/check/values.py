@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from .. import names
 from ..errors import did_you_mean
-from ..models import looks_like_file
+from ..models import looks_like_file, model_beside
 from ..settings import Baseline, Method, Precision, Smoothing
 from .reports import as_line
 
@@ -173,7 +173,7 @@ def read_settings(where: Where, table: dict[str, Any], root: Path) -> dict[str, 
         if key not in SETTING_KEYS:
             continue
         if key == "model":
-            out[key] = read_string(where, key, value)
+            out[key] = model_beside(read_string(where, key, value), root)
         elif key == "weights":
             out[key] = _spec_weights(read_string(where, key, value), root)
         elif key == "labels":

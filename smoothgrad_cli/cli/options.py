@@ -16,7 +16,8 @@ ModelName = Annotated[
     typer.Option(
         "--model",
         metavar="NAME",
-        help="Classifier: the embedded efficientnet_lite0 or any torchvision classifier.",
+        help="Classifier: the embedded efficientnet_lite0, a torchvision classifier (resnet50), "
+        "timm:NAME[.TAG], or hf:FOLDER or hf:ORG/NAME.",
         rich_help_panel=MODEL,
     ),
 ]
@@ -25,7 +26,8 @@ Weights = Annotated[
     typer.Option(
         "--weights",
         metavar="NAME|FILE",
-        help="Weights enum name (DEFAULT, IMAGENET1K_V2, …) or a local state-dict file.",
+        help="Weights: an enum name (DEFAULT, IMAGENET1K_V2, …), a timm pretrained tag, or a "
+        "local file (.pt/.pth state dict or .safetensors).",
         rich_help_panel=MODEL,
     ),
 ]

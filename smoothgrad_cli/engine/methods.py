@@ -169,7 +169,8 @@ def _is_activation(module: nn.Module) -> bool:
     kind = type(module)
     if kind.__module__ == "torch.nn.modules.activation":
         return kind.__name__ not in ("MultiheadAttention", "Softmax", "LogSoftmax", "Softmin")
-    return kind.__module__.startswith("timm.layers.activations")
+    # timm's and transformers' own activation modules (GELUActivation, QuickGELUActivation, …)
+    return kind.__module__.startswith(("timm.layers.activations", "transformers.activations"))
 
 
 BASE_METHODS: dict[str, type[BaseMethod]] = {
