@@ -1,14 +1,19 @@
 """``python -m smoothgrad_cli`` and the ``smoothgrad`` command."""
 
+import sys
+
 from . import interrupt
 
 
 def run() -> None:
     # First of all, before typer, rich or torch load: a kill during start-up stops like
-    # Ctrl-C (exit 130 with the summary), not by the signal.
+    # Ctrl-C (exit 130), not by the signal.
     interrupt.install()
-    from .cli import main
-
+    try:
+        from .cli import main
+    except KeyboardInterrupt:  # stopped while the command line itself was still loading
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     main()
 
 
