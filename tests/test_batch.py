@@ -438,7 +438,7 @@ def test_pipeline_oom_message_path_says_it_once():
 # --- killed part-way: SIGINT and SIGKILL in subprocesses, SIGTERM in this process --------------
 
 KILLED_IMAGES = 8
-KILL_ARGS = ["-n", "4", "--device", "cpu", "-q"]
+KILL_ARGS = ["-n", "4", "--batch-size", "4", "--device", "cpu", "-q"]  # no probe: steady timing
 ALL_MAPS = [f"img{i}.png.map.png" for i in range(KILLED_IMAGES)]
 
 
