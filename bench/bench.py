@@ -1,31 +1,42 @@
 """SmoothGrad speed: this tool against Captum, PAIR's saliency and the hardware floor.
 
-    python bench/bench.py                 # the full CPU run (about 10 minutes on 2 cores)
-    python bench/bench.py --quick         # a smoke run: fewer images and repeats
+    python bench/bench.py                      # the full CPU run (about 10 minutes on 2 cores)
+    python bench/bench.py --quick              # a smoke run: fewer images and repeats
+    python bench/bench.py --quick --device cuda   # the GPU table (about 6 minutes)
+    python bench/bench.py --only pipeline      # the pipeline row alone (a minute or two)
     python bench/bench.py --out bench/results-cpu.md --out results.json
 
-One process, one model (the embedded EfficientNet-Lite0, frozen parameters), the same sample
-photos resized by the model's transform, n = 50 noisy copies at a noise level of 15 % of each
-image's (max − min). Every row reports maps (images) per second and how many times faster
-this tool's engine is ("ours ÷ row"). The peers get the model as a careful user would hand
-it over (eval mode, frozen parameters, channels-last); the engine runs it after
+On a CPU: one process, one model (the embedded EfficientNet-Lite0, frozen parameters), the
+same sample photos resized by the model's transform, n = 50 noisy copies at a noise level of
+15 % of each image's (max − min). Every row reports maps (images) per second and how many
+times faster this tool's engine is ("ours ÷ row"). The peers get the model as a careful user
+would hand it over (eval mode, frozen parameters, channels-last); the engine runs it after
 ``prepare_model``'s exact graph changes (BatchNorm folded into the convolutions, in-place
 ReLU6 without its hidden copy), and the table shows the floor for both graphs.
 
-With CUDA, a GPU section adds resnet50 and vit_b_16 with random weights (nothing is
-downloaded): 8 images × 50 samples, TF32, bf16, ``torch.compile``, and peak memory against
-Captum at ``nt_samples_batch_size=50``.
+On a GPU the CPU table's rows are skipped (PAIR's loop over samples and the cost sweeps say
+nothing there, and took minutes per row). efficientnet_lite0, resnet50 and vit_b_16 (random
+weights, nothing downloaded) each run in a child process with a hard time limit: Captum at
+``nt_samples_batch_size=50`` with TF32, the engine eager in fp32 without and with TF32 and in
+bf16, the floor, the CLI on folders of JPEGs (steady state and start-up), ``torch.compile``
+and the compiled floor, with peak memory against Captum's.
+
+Every run ends with the pipeline row: decode → resize → render → write with the engine
+stubbed, in images per second and per CPU second, on this host's CPU. Each section has its
+share of the time; rows that would not fit are skipped and say so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -68,6 +79,13 @@ class Plan:
     cli_rounds: int = 2
     gpu_images: int = 8
     gpu_repeats: int = 3
+    minutes: float = 10.0  # the whole run's budget; each section has its share
+    cpu_section_s: float = 480.0
+    gpu_model_s: float = 150.0  # each GPU model's child process, hard limit
+    cli_small: int = 32  # the CLI's folders on a GPU: steady state from the difference
+    cli_large: int = 288
+    pipeline_images: int = 96
+    pipeline_s: float = 120.0
 
 
 FULL = Plan(
@@ -93,6 +111,12 @@ QUICK = Plan(
     bf16_images=1,
     cli_rounds=1,
     gpu_repeats=1,
+    minutes=6.0,
+    cpu_section_s=240.0,
+    gpu_model_s=105.0,
+    cli_large=160,
+    pipeline_images=48,
+    pipeline_s=75.0,
 )
 
 
@@ -235,6 +259,14 @@ def floor_passes(model, x, t, chunk, precision):
     return passes
 
 
+def smoother(chunk: int, precision: str = "fp32", n: int = SAMPLES, seed: int = SEED):
+    """The engine as every row of the bench runs it: the gradient, n copies, 15 % noise."""
+    return engine.SmoothGrad(
+        engine.Gradient(), samples=n, noise_level=NOISE, seed=seed, batch_size=chunk,
+        precision=precision,
+    )  # fmt: skip
+
+
 def warm_up(contenders, ours, plain, px, pt, chunk, plain_chunk, sigmas, device, precision):
     """One chunk of every contender's shape, so no first-call costs land in a timing."""
     for key in contenders:
@@ -270,16 +302,12 @@ def warm_up(contenders, ours, plain, px, pt, chunk, plain_chunk, sigmas, device,
             )
         else:
             model, c = (ours, chunk) if key == "ours" else (plain, plain_chunk)
-            engine.SmoothGrad(
-                engine.Gradient(),
-                samples=c,
-                noise_level=NOISE,
-                batch_size=c,
-                precision=precision,
-            ).attribute(model, px[:1], pt[:1])
+            smoother(c, precision, n=c).attribute(model, px[:1], pt[:1])
 
 
-def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict) -> None:
+def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict, deadline) -> None:
+    """The CPU table: every contender in interleaved rounds (fewer rounds when time runs
+    short), the CLI, then the cost sweeps and bf16 while they fit the section's time."""
     section = f"{device.type}: efficientnet_lite0, 224×224, n = {SAMPLES}"
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     loaded = load_model()
@@ -305,14 +333,7 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
     say(f"tuner: chunk {chunk} ({facts['probe']})")
 
     def engine_run(model, x, t, batch, n=SAMPLES, precision=precision):
-        return engine.SmoothGrad(
-            engine.Gradient(),
-            samples=n,
-            noise_level=NOISE,
-            seed=SEED,
-            batch_size=batch,
-            precision=precision,
-        ).attribute(model, x, t)
+        return smoother(batch, precision, n).attribute(model, x, t)
 
     # --- the head-to-head rows run in interleaved rounds (ours, the floors, Captum, PAIR, …;
     # again; again), and each reports its median: load that drifts hits them all alike.
@@ -355,6 +376,9 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
     warm_up(contenders, ours, plain, px, pt, chunk, plain_chunk, peer_sigmas, device, precision)
     times: dict[str, list[float]] = {key: [] for key in contenders}
     for round_ in range(plan.repeats):
+        if round_ and not deadline.fits(sum(v[-1] for v in times.values())):
+            say(f"out of time after {round_} round(s)")
+            break
         for key, (fn, _) in contenders.items():
             times[key].append(median_time(fn, 1, sync))
         say(
@@ -465,10 +489,20 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
         )
     say(f"ours: {ours_rate:.3f} maps/s")
 
-    # --- the whole CLI on a folder, against the engine on the same images
-    cli_rows(plan, device, precision, chunk, rows, section, facts)
+    # --- the whole CLI on a folder, against the engine on the same images (twice each)
+    per_map = 1.0 / ours_rate
+    if deadline.fits(per_map * plan.folder * 2 * plan.cli_rounds * 1.2):
+        cli_rows(plan, device, precision, chunk, rows, section, facts)
+    else:
+        rows.append(Row(section, "whole CLI on a folder", "", 0, None, None,
+                        note="skipped: out of time"))  # fmt: skip
 
-    # --- cost against n and input size
+    # --- cost against n and input size, while they fit (a map costs about 1 / ours_rate)
+    if not deadline.fits(per_map * plan.sweep_images * (sum(plan.sweep_n) / SAMPLES + 5)):
+        rows.append(
+            Row("cost", "ours against n and size", "", 0, None, None, note="skipped: out of time")
+        )
+        return
     sx, st = x_all[: plan.sweep_images], targets_all[: plan.sweep_images]
     for n in plan.sweep_n:
         engine_run(ours, sx[:1], st[:1], chunk, n=min(n, chunk))
@@ -516,8 +550,13 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
             )
         )
 
-    # --- precision: bf16 against fp32, speed and fidelity (same images, same seed)
+    # --- precision: bf16 against fp32, speed and fidelity (same images, same seed); bf16
+    # is emulated on CPUs without native bf16, 20–100× slower than fp32
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return
+    slowest = 1.0 if engine.native_bf16() else 100.0
+    if not deadline.fits(per_map * plan.bf16_images * (2 + slowest)):
+        rows.append(Row("precision", "ours, bf16", "", 0, None, None, note="skipped: out of time"))
         return
     bx, bt = x_all[: plan.bf16_images], targets_all[: plan.bf16_images]
     timed = {}
@@ -535,14 +574,7 @@ def lite0_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict
         for i in range(plan.bf16_images)
     ]
     # For scale: two fp32 runs that differ only in the noise seed.
-    reseeded = engine.SmoothGrad(
-        engine.Gradient(),
-        samples=SAMPLES,
-        noise_level=NOISE,
-        seed=SEED + 1,
-        batch_size=timed["fp32"][1],
-        precision="fp32",
-    ).attribute(ours, bx, bt)
+    reseeded = smoother(timed["fp32"][1], "fp32", seed=SEED + 1).attribute(ours, bx, bt)
     seed_rhos = [
         spearman(pooled_magnitude(reseeded[i]), pooled_magnitude(maps["fp32"][i]))
         for i in range(plan.bf16_images)
@@ -623,14 +655,7 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
         def engine_once() -> float:
             sync()
             start = time.perf_counter()
-            engine.SmoothGrad(
-                engine.Gradient(),
-                samples=SAMPLES,
-                noise_level=NOISE,
-                seed=SEED,
-                batch_size=chunk,
-                precision=precision,
-            ).attribute(model, x, t)
+            smoother(chunk, precision).attribute(model, x, t)
             sync()
             return time.perf_counter() - start
 
@@ -662,156 +687,492 @@ def cli_rows(plan, device, precision, chunk, rows, section, facts) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# GPU section (only with CUDA)
+# time bounds
 
 
-def gpu_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
-    facts["gpu"] = torch.cuda.get_device_name(device)
-    for name in ("resnet50", "vit_b_16"):
-        gpu_model_rows(name, plan, device, rows, facts, sync)
-        torch.cuda.empty_cache()
+class Deadline:
+    """The run's time budget, and a tighter one per section: rows that would not fit are
+    skipped and say so, so that one slow section cannot eat the rest of the run."""
 
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.section_end = self.end
 
-def gpu_model_rows(name, plan, device, rows, facts, sync) -> None:
-    import torchvision
-
-    section = f"GPU {facts['gpu']}: {name} (random weights), {plan.gpu_images} images × n = 50"
-    try:
-        transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        net = torchvision.models.get_model(name, weights=None).eval()
-        given = as_given(copy.deepcopy(net), device)
-        model = engine.prepare_model(net, device, input_shape=(3, 224, 224))
-        x = load_photos(transform, plan.gpu_images).to(device)
-        t = engine.predict(model, x).argmax(1)
-    except Exception as exc:
-        rows.append(Row(section, name, "", 0, None, None, note=f"set-up failed: {exc}"))
-        return
-    mean_sigma = float(np.mean(sigmas_of(x)))
-    n_img = plan.gpu_images
-
-    def measure(label, setting, fn, warm=True, note=""):
+    @contextlib.contextmanager
+    def section(self, seconds: float):
+        saved = self.section_end
+        self.section_end = min(self.end, time.monotonic() + seconds)
         try:
-            if warm:
-                fn()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            seconds = median_time(fn, plan.gpu_repeats, sync)
-            peak = torch.cuda.max_memory_allocated(device) / 2**30
-            return Row(
-                section,
-                label,
-                setting,
-                n_img,
-                seconds,
-                n_img / seconds,
-                note=(note + f" peak {peak:.1f} GiB").strip(),
-                extra={"peak_gib": peak},
-            )
-        except Exception as exc:  # OOM, compile failure: say so, go on
-            torch.cuda.empty_cache()
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            return Row(
-                section,
-                label,
-                setting,
-                n_img,
-                None,
-                None,
-                note=f"failed: {type(exc).__name__}: {first}",
-            )
+            yield self
+        finally:
+            self.section_end = saved
 
-    section_rows = []
-    if importable("captum") is None:
-        section_rows.append(
-            measure(
-                "Captum NoiseTunnel(Saliency)",
-                "nt_samples_batch_size = 50, fp32 (TF32)",
-                lambda: captum_smoothgrad(given, x, t, mean_sigma, SAMPLES),
-            )
-        )
-    for precision in ("fp32", "bf16"):
-        chunk = tuning.choose_batch_size(
-            model, device, (3, 224, 224), precision, model_name=name
-        ).batch_size
-        smoother = engine.SmoothGrad(
-            engine.Gradient(),
-            samples=SAMPLES,
-            noise_level=NOISE,
-            seed=SEED,
-            batch_size=chunk,
-            precision=precision,
-        )
-        section_rows.append(
-            measure(
-                "ours, eager",
-                f"{precision}, auto chunk = {chunk}",
-                lambda smoother=smoother: smoother.attribute(model, x, t),
-            )
-        )
+    def left(self) -> float:
+        return min(self.end, self.section_end) - time.monotonic()
+
+    def fits(self, seconds: float) -> bool:
+        return seconds <= self.left()
+
+
+def timed_rounds(fn, repeats: int, sync, deadline: Deadline) -> tuple[float, int]:
+    """Median seconds of up to ``repeats`` timed calls (after one warm-up), fewer when the
+    deadline comes: (median, calls timed); 0 calls when not even the warm-up fit."""
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - started
+    times = []
+    while len(times) < repeats and deadline.fits(min(times or [first])):
+        times.append(median_time(fn, 1, sync))
+    return (statistics.median(times) if times else first), len(times)
+
+
+# ------------------------------------------------------------------------------------------
+# the pipeline without the model: decode → resize → render → write
+
+
+#: the pipeline row's photos: JPEGs of mixed sizes, from VGA to 3 MP
+MIXED_SIZES = ((640, 480), (1024, 768), (1600, 1200), (2048, 1536), (800, 800), (1200, 1600))
+
+
+def jpeg_folder(folder: Path, count: int) -> Path:
+    """``count`` JPEGs (quality 90) cut from the sample photos at ``MIXED_SIZES``."""
+    from PIL import ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))
+    photos = []
+    for path in files:
+        with Image.open(path) as image:
+            photos.append(image.convert("RGB"))
+    for i in range(count):
+        size = MIXED_SIZES[i % len(MIXED_SIZES)]
+        photo = ImageOps.fit(photos[i % len(photos)], size)
+        photo.save(folder / f"{i:04d}.jpg", quality=90)
+    return folder
+
+
+class _MapsOnly:
+    """The engine's stream, stubbed: every image gets one real map at once (a real map, so
+    that the PNG encoder sees a real map's detail)."""
+
+    def __init__(self, the_map: torch.Tensor) -> None:
+        self.the_map = the_map
+        self.progress = None
+
+    def feed(self, x: torch.Tensor, target) -> torch.Tensor:
+        return self.the_map.repeat(x.shape[0], 1, 1, 1)
+
+    def finish(self) -> torch.Tensor:
+        return self.the_map[:0]
+
+
+class _NoModel:
+    """What the pipeline asks of ``Explainer.smoother``, without the model's cost."""
+
+    def __init__(self, real, the_map: torch.Tensor) -> None:
+        self.base, self.rows_per_input, self.batch_size = real.base, real.rows_per_input, 256
+        self.the_map = the_map
+
+    def stream(self, model, *, on_oom=None, progress=None) -> _MapsOnly:
+        return _MapsOnly(self.the_map)
+
+
+def stage_costs(explainer, folder: Path, the_map: np.ndarray, count: int = 12) -> dict:
+    """CPU milliseconds per image of each stage on one thread, and what decoding a JPEG at
+    a reduced scale (PIL's ``draft``, DCT scaling to at least the resize size) would cost."""
+    from smoothgrad_cli import render
+    from smoothgrad_cli.images import load_image
+
+    files = sorted(folder.iterdir())[:count]
+    costs = dict.fromkeys(("decode", "transform", "render", "png", "draft decode"), 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = Path(tempfile.mkdtemp(prefix="smoothgrad-bench-stages-"))
     try:
-        started = time.perf_counter()
-        compiled = tuning.compile_model(
-            model, device, (3, 224, 224), "bf16", chunk, model_name=name, say=say
-        )
-        compile_seconds = time.perf_counter() - started
-        if compiled is model:
-            raise RuntimeError("torch.compile failed (see above); not timed")
-        smoother = engine.SmoothGrad(
-            engine.Gradient(),
-            samples=SAMPLES,
-            noise_level=NOISE,
-            seed=SEED,
-            batch_size=chunk,
-            precision="bf16",
-        )
-        started = time.perf_counter()
-        smoother.attribute(compiled, x, t)  # the last, partial chunk compiles here
-        sync()
-        first_run = time.perf_counter() - started
-        facts[f"{name}_compile_s"] = compile_seconds
-        facts[f"{name}_compiled_first_run_s"] = first_run
-        section_rows.append(
-            measure(
-                "ours, torch.compile",
-                f"bf16, chunk = {chunk}",
-                lambda: smoother.attribute(compiled, x, t),
-                warm=False,
-                note=f"compiling took {compile_seconds:.0f} s, then {first_run:.0f} s for "
-                "the first run (the last, partial chunk compiles again);",
+        # first-call costs (imports, lazy set-up) are no stage's: one image untimed first
+        explainer.transform(draft_decode(files[0], 256))
+        explainer.transform(load_image(files[0]))
+        picture = render.grayscale(render.sign_map(the_map, render.Sign.ABSOLUTE, 99))
+        render.save_png(picture, out / "warm.png")
+        for path in files:
+            for stage, fn in (
+                ("decode", lambda path=path: load_image(path)),
+                ("draft decode", lambda path=path: draft_decode(path, 256)),
+            ):
+                started = time.process_time()
+                photo = fn()
+                costs[stage] += time.process_time() - started
+            started = time.process_time()
+            explainer.transform(photo)
+            costs["transform"] += time.process_time() - started
+            started = time.process_time()
+            picture = render.grayscale(
+                render.sign_map(the_map, render.Sign.ABSOLUTE, render.DEFAULT_PERCENTILE)
             )
+            costs["render"] += time.process_time() - started
+            started = time.process_time()
+            render.save_png(picture, out / f"{path.name}.png")
+            costs["png"] += time.process_time() - started
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(out, ignore_errors=True)
+    return {stage: 1000 * seconds / len(files) for stage, seconds in costs.items()}
+
+
+def draft_decode(path: Path, short_side: int) -> Image.Image:
+    with Image.open(path) as image:
+        w, h = image.size
+        scale = min(w, h) / short_side
+        image.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+        return image.convert("RGB")
+
+
+def pipeline_rows(plan: Plan, rows: list[Row], facts: dict, deadline: Deadline) -> None:
+    """The CLI's pipeline on a folder of JPEGs with the model's cost removed: what the host
+    can feed a GPU. Images per second, and per core: images ÷ the process's CPU seconds
+    (a figure that load from other processes disturbs less than the wall time)."""
+    from io import StringIO
+    from unittest import mock
+
+    from rich.console import Console
+
+    from smoothgrad_cli import explain as explain_command
+    from smoothgrad_cli.explainer import Explainer
+    from smoothgrad_cli.report import Report
+    from smoothgrad_cli.settings import MapSettings
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    section = f"pipeline without the model: {tuning.cpu_name()}, {cores} cores"
+    sizes = f"JPEGs of {len(MIXED_SIZES)} sizes 640×480–2048×1536"
+    work = Path(tempfile.mkdtemp(prefix="smoothgrad-bench-pipeline-"))
+    threads = torch.get_num_threads()
+    try:
+        folder = jpeg_folder(work / "in", plan.pipeline_images)
+        # a fixed chunk: no probe of the model the run never uses
+        settings = MapSettings(
+            samples=SAMPLES, noise=NOISE * 100, seed=SEED, precision="fp32", batch_size=256
         )
-    except Exception as exc:
-        section_rows.append(
+        explainer = Explainer.load(settings, "cpu")
+        x = explainer.transform(Image.open(folder / "0000.jpg").convert("RGB"))[None]
+        the_map = engine.SmoothGrad(engine.Gradient(), samples=2).attribute(explainer.model, x, 0)
+        costs = stage_costs(explainer, folder, the_map[0].numpy())
+        facts["pipeline_stage_ms"] = {k: round(v, 2) for k, v in costs.items()}
+        cli_stages = costs["decode"] + costs["transform"] + costs["render"] + costs["png"]
+        rows.append(
             Row(
                 section,
-                "ours, torch.compile",
-                "bf16",
-                n_img,
-                None,
-                None,
-                note=f"failed: {type(exc).__name__}: {exc}"[:200],
+                "stages, one thread: CPU ms per image",
+                sizes,
+                12,
+                cli_stages / 1000,
+                1000 / cli_stages,
+                note="; ".join(f"{k} {v:.1f}" for k, v in costs.items())
+                + " (draft: JPEG decoded at the scale the resize needs; not what the CLI does)",
             )
         )
-    captum = section_rows[0] if section_rows and "Captum" in section_rows[0].what else None
+        classes = len(explainer.categories)
+        explainer.smoother = _NoModel(explainer.smoother, the_map[0])
+        explainer.predict = lambda x: torch.full((x.shape[0], classes), 1.0 / classes)
+        last = 5.0
+        for workers, torch_threads in sorted({(1, threads), (cores, threads), (cores, 1)}):
+            if not deadline.fits(last):
+                rows.append(Row(section, "pipeline", f"--workers {workers}", 0, None, None,
+                                note="skipped: out of time"))  # fmt: skip
+                continue
+            torch.set_num_threads(torch_threads)
+            options = explain_command.ExplainOptions(
+                inputs=[str(folder)],
+                settings=settings,
+                output=work / f"out{workers}-{torch_threads}",
+                device="cpu",
+                workers=workers,
+            )
+            quiet = Console(file=StringIO())
+            report = Report(out=quiet, err=quiet)
+            cpu_before, started = time.process_time(), time.perf_counter()
+            with mock.patch.object(Explainer, "load", lambda *args, **kwargs: explainer):
+                code = explain_command.run_explain(options, report, None)
+            last = seconds = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_before
+            if code != 0:
+                raise RuntimeError(f"the pipeline run failed: {report.failures[:3]}")
+            n = plan.pipeline_images
+            per_core = n / cpu_seconds
+            facts[f"pipeline_images_per_s_{workers}w_{torch_threads}t"] = n / seconds
+            facts["pipeline_16_cores"] = max(facts.get("pipeline_16_cores", 0), 16 * per_core)
+            rows.append(
+                Row(
+                    section,
+                    "decode → resize → render → write, engine stubbed",
+                    f"--workers {workers}, torch threads {torch_threads}, {sizes}",
+                    n,
+                    seconds,
+                    n / seconds,
+                    target="16 cores ≥ 400 images/s",
+                    note=f"{per_core:.1f} images per CPU second (per core); "
+                    f"{cpu_seconds / seconds:.2f} cores busy; 16 cores at this rate: "
+                    f"{16 * per_core:.0f} images/s",
+                    extra={"cpu_seconds": cpu_seconds},
+                )
+            )
+            say(f"pipeline, {workers} workers, {torch_threads} torch threads: "
+                f"{n / seconds:.1f} images/s, {per_core:.1f} per CPU second")  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# GPU section (only with CUDA): one child process per model, killed at its time budget
+
+GPU_MODELS = ("efficientnet_lite0", "resnet50", "vit_b_16")
+
+
+def gpu_section(plan: Plan, device: torch.device, rows: list[Row], facts: dict, deadline) -> None:
+    """Each model in a child process with a hard time limit: a single call can take minutes
+    where a kernel is slow (the first GPU run spent 50–94 s per round on single rows), and
+    only a process can be stopped in the middle of one."""
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="smoothgrad-bench-gpu-"))
+    try:
+        for name in GPU_MODELS:
+            budget = min(plan.gpu_model_s, deadline.left())
+            out = work / f"{name}.json"
+            command = [sys.executable, __file__, "--gpu-model", name, "--device", str(device)]
+            # the child stops starting rows 15 s before its hard limit
+            soft = f"{max(budget - 15, 1):.0f}"
+            command += ["--gpu-json", str(out), "--gpu-seconds", soft, "--work", str(work)]
+            command += ["--quick"] if plan is QUICK else []
+            if budget < 30:
+                rows.append(Row(f"GPU: {name}", name, "", 0, None, None, note="out of time"))
+                continue
+            say(f"GPU: {name}, {budget:.0f} s at most")
+            # its own process group: the CLI runs it starts are stopped with it
+            child = subprocess.Popen(command, start_new_session=True)
+            try:
+                child.wait(timeout=budget)
+                note = ""
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                note = f"stopped at its {budget:.0f} s budget"
+            done = json.loads(out.read_text()) if out.exists() else {"rows": [], "facts": {}}
+            rows.extend(Row(**row) for row in done["rows"])
+            facts.update(done["facts"])
+            if note or not done["rows"]:
+                rows.append(Row(f"GPU: {name}", name, "", 0, None, None, note=note or "no rows"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def random_weights(name: str, work: Path) -> str:
+    """A file of random weights for a torchvision model (nothing is downloaded), as
+    ``--weights FILE`` takes it."""
+    import torchvision
+
+    path = work / f"{name}-random.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
+    return str(path)
+
+
+def gpu_model_child(name: str, plan: Plan, device: torch.device, out: Path, args) -> None:
+    """The GPU table's rows for one model, written to ``out`` after each row (a child
+    stopped at its budget keeps what it measured)."""
+    from smoothgrad_cli.models import load_model
+
+    deadline = Deadline(args.gpu_seconds)
+    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    weights = None if name == "efficientnet_lite0" else random_weights(name, Path(args.work))
+    loaded = load_model(name, weights) if weights else load_model()
+    shape = (3, loaded.crop_size, loaded.crop_size)
+    gpu = torch.cuda.get_device_name(device)
+    section = f"GPU {gpu}: {name}{' (random weights)' if weights else ''}, "
+    section += f"{plan.gpu_images} images × n = {SAMPLES}"
+    given = as_given(copy.deepcopy(loaded.model), device)
+    ours = engine.prepare_model(loaded.model, device, input_shape=shape)
+    x = load_photos(loaded.transform, plan.gpu_images).to(device)
+    t = engine.predict(ours, x).argmax(1)
+    rows: list[Row] = []
+    facts: dict = {"gpu": gpu}
+
+    def save() -> None:  # whole or not at all: the parent may stop this process any time
+        partial = out.with_suffix(".partial")
+        partial.write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], "facts": facts}, default=str)
+        )
+        partial.replace(out)
+
+    def measure(what, setting, fn, note=""):
+        if not deadline.fits(5.0):
+            rows.append(Row(section, what, setting, 0, None, None, note="skipped: out of time"))
+            return save()
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            seconds, timed = timed_rounds(fn, plan.gpu_repeats, sync, deadline)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+            note = f"{note} peak {peak:.1f} GiB; {timed} timed".strip()
+            row = Row(section, what, setting, len(x), seconds, len(x) / seconds, note=note)
+            row.extra["peak_gib"] = peak
+        except Exception as exc:  # OOM, a compile failure: say so, go on
+            torch.cuda.empty_cache()
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            row = Row(
+                section, what, setting, 0, None, None, note=f"failed: {type(exc).__name__}: {first}"
+            )
+        rows.append(row)
+        say(f"  {what}, {setting}: {fmt(row.maps_per_s)} maps/s")
+        return save()
+
+    # the chunk the CLI will find in the cache (the bench's own cache folder, shared with it)
+    chunk = 256 if plan is QUICK else None
+    if chunk is None:
+        chunk = tuning.choose_batch_size(ours, device, shape, "bf16", model_name=loaded.name)
+        chunk = chunk.batch_size
+    facts[f"{name}_chunk"] = chunk
+
+    def smoothgrad(model, precision):
+        sg = smoother(chunk, precision)
+        return lambda: sg.attribute(model, x, t)
+
+    if importable("captum") is None:
+        sigma = float(np.mean(sigmas_of(x)))
+
+        def captum():
+            with engine.float32_math(device, "fp32"):  # TF32 allowed, as for ours
+                captum_smoothgrad(given, x, t, sigma, SAMPLES)
+
+        measure("Captum NoiseTunnel(Saliency)", "nt_samples_batch_size = 50, TF32", captum)
+    for precision, label in (
+        ("fp32-strict", "fp32, no TF32"),
+        ("fp32", "fp32 (TF32)"),
+        ("bf16", "bf16"),
+    ):
+        measure("ours, eager", f"{label}, chunk {chunk}", smoothgrad(ours, precision))
+    measure(
+        "floor: forward+backward only",
+        f"bf16, chunk {chunk}",
+        floor_passes(ours, x, t, chunk, "bf16"),
+    )
+    # the CLI before compiling, which can take most of what is left
+    cli_gpu_rows(name, weights, chunk, plan, device, rows, section, facts, deadline)
+    save()
+    if deadline.fits(60.0):
+        started = time.perf_counter()
+        compiled = tuning.compile_model(
+            ours, device, shape, "bf16", chunk, model_name=name, say=say
+        )
+        facts[f"{name}_compile_s"] = time.perf_counter() - started
+        if compiled is not ours:
+            note = f"compiling took {facts[f'{name}_compile_s']:.0f} s;"
+            measure(
+                "ours, torch.compile", f"bf16, chunk {chunk}", smoothgrad(compiled, "bf16"), note
+            )
+            measure(
+                "floor, compiled",
+                f"bf16, chunk {chunk}",
+                floor_passes(compiled, x, t, chunk, "bf16"),
+            )
+    save()
+    gpu_verdicts(name, rows, section, facts)
+    save()
+
+
+def cli_gpu_rows(name, weights, chunk, plan, device, rows, section, facts, deadline) -> None:
+    """The CLI on a folder of JPEGs in child processes: steady state = (large − small)
+    images ÷ (wall time of the large run − of the small one), so start-up cancels; start-up =
+    from the process's start to its first map, on a warm machine (after a first run). The
+    engine rows' chunk, so that CLI ÷ engine compares like with like."""
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="smoothgrad-bench-cli-"))
+    model = ["--model", name, "--weights", weights] if weights else []
+
+    def run(count: int) -> tuple[float, float]:
+        folder = work / f"in{count}"
+        if not folder.exists():
+            jpeg_folder(folder, count)
+        command = [sys.executable, "-m", "smoothgrad_cli", "explain", str(folder), "-o",
+                   str(work / f"out{count}"), "--device", str(device), "--json", "-q",
+                   "-n", str(SAMPLES), "--batch-size", str(chunk), *model]  # fmt: skip
+        shutil.rmtree(work / f"out{count}", ignore_errors=True)
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        first = None
+        for line in child.stdout:
+            if first is None and '"ok"' in line:
+                first = time.perf_counter() - started
+        if child.wait() != 0:
+            raise RuntimeError(f"the CLI exited {child.returncode} on {count} images")
+        return first or math.nan, time.perf_counter() - started
+
+    try:
+        if not deadline.fits(60.0):
+            rows.append(
+                Row(section, "CLI on a folder", "", 0, None, None, note="skipped: out of time")
+            )
+            return
+        run(4)  # first-call costs: files cached, kernels loaded
+        small_first, small = run(plan.cli_small)
+        large_first, large = run(plan.cli_large)
+        steady = (plan.cli_large - plan.cli_small) / (large - small)
+        facts[f"{name}_cli_steady"] = steady
+        facts[f"{name}_cli_startup_s"] = min(small_first, large_first)
+        rows.append(
+            Row(
+                section,
+                f"CLI on a folder of JPEGs, steady state ({plan.cli_large} − {plan.cli_small})",
+                f"smoothgrad explain --json, precision auto, --batch-size {chunk}",
+                plan.cli_large - plan.cli_small,
+                large - small,
+                steady,
+                note=f"wall {small:.1f} s for {plan.cli_small}, {large:.1f} s for {plan.cli_large}",
+            )
+        )
+        rows.append(
+            Row(
+                section,
+                "CLI start-up to the first map (warm cache)",
+                "process start → first JSON line",
+                1,
+                min(small_first, large_first),
+                None,
+                target="≤ 5 s",
+            )
+        )
+    except Exception as exc:
+        rows.append(Row(section, "CLI on a folder", "", 0, None, None, note=f"failed: {exc}"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def gpu_verdicts(name, rows, section, facts) -> None:
+    """Each row against Captum (speed and peak memory) and the CLI against its engine."""
+    mine = [r for r in rows if r.section == section]
+    captum = next((r for r in mine if r.what.startswith("Captum") and r.maps_per_s), None)
     goal = {"resnet50": 2.5, "vit_b_16": 6.0}.get(name)
-    for row in section_rows:
-        if row is captum:
+    engine_bf16 = next((r for r in mine if r.what == "ours, eager" and "bf16" in r.setting), None)
+    for row in mine:
+        if row is captum or not row.maps_per_s:
             continue
-        if goal is not None:
-            row.target = f"≥ {goal}×, peak ≤ ½ Captum's"
-        if captum is not None and captum.maps_per_s and row.maps_per_s:
+        if captum is not None:
             row.ratio = row.maps_per_s / captum.maps_per_s
-            mine, theirs = row.extra.get("peak_gib"), captum.extra.get("peak_gib")
-            if mine and theirs:
-                row.note += f" = {mine / theirs:.2f} of Captum's"
-        facts[f"{name}: {row.what}, {row.setting}"] = {
-            "maps_per_s": row.maps_per_s,
-            "peak_gib": row.extra.get("peak_gib"),
-        }
-    rows.extend(section_rows)
+            ours, theirs = row.extra.get("peak_gib"), captum.extra.get("peak_gib")
+            if ours and theirs:
+                row.note += f" = {ours / theirs:.2f} of Captum's"
+        if row.what.startswith("ours") and goal is not None:
+            row.target = f"≥ {goal}× Captum, peak ≤ ½ Captum's"
+        if row.what.startswith("CLI") and engine_bf16 is not None and engine_bf16.maps_per_s:
+            ratio = row.maps_per_s / engine_bf16.maps_per_s
+            facts[f"{name}_cli_over_engine"] = ratio
+            row.target = "≥ 0.9 of the engine (bf16 eager)"
+            row.note += f"; {ratio:.2f} of the engine"
+        facts[f"{name}: {row.what}, {row.setting}"] = row.maps_per_s
 
 
 # ------------------------------------------------------------------------------------------
@@ -866,6 +1227,15 @@ def markdown(rows: list[Row], meta: dict) -> str:
         ("ours ÷ floor (at ours' chunk)", "ours_over_floor_same_chunk", "≥ 0.9", 0.9, 1),
         ("whole CLI ÷ engine, same images", "cli_over_engine", "≤ 1.15", 1.15, -1),
     ]
+    for model in GPU_MODELS:
+        checks += [
+            (f"{model}: CLI ÷ engine (bf16), steady state", f"{model}_cli_over_engine", "≥ 0.9",
+             0.9, 1),
+            (f"{model}: CLI start-up to the first map, s", f"{model}_cli_startup_s", "≤ 5", 5, -1),
+        ]  # fmt: skip
+    checks.append(
+        ("pipeline: 16 cores at its rate per core, images/s", "pipeline_16_cores", "≥ 400", 400, 1)
+    )
     if facts.get("bf16_spearman_14x14"):
         facts["bf16_spearman_min"] = min(facts["bf16_spearman_14x14"])
         checks.append(
@@ -913,6 +1283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
+        "--only", choices=("all", "pipeline"), default="all", help="pipeline: that row alone"
+    )
+    parser.add_argument(
         "--out", action="append", default=[], help="write results (.json or .md); repeatable"
     )
     parser.add_argument(
@@ -920,14 +1293,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="use the user's chunk-size cache instead of probing afresh in a temporary one",
     )
+    # a GPU model's child process (see gpu_section)
+    parser.add_argument("--gpu-model", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-json", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-seconds", type=float, default=120.0, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     device = engine.resolve_device(args.device)
+    if args.gpu_model:
+        gpu_model_child(args.gpu_model, plan, device, Path(args.gpu_json), args)
+        return 0
     if not args.keep_cache:
         os.environ["SMOOTHGRAD_CACHE_DIR"] = tempfile.mkdtemp(prefix="smoothgrad-bench-cache-")
     if device.type == "cpu":
         tuning.keep_freed_memory()  # as the CLI does; for every row of this process alike
     started = time.perf_counter()
+    deadline = Deadline(plan.minutes * 60)
     meta = {
         "command": " ".join(["python", "bench/bench.py", *(argv or sys.argv[1:])]),
         "machine": machine(),
@@ -938,9 +1320,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     facts: dict = {}
     torch.manual_seed(0)
-    lite0_section(plan, device, rows, facts)
-    if device.type == "cuda":
-        gpu_section(plan, device, rows, facts)
+    if args.only == "all" and device.type == "cuda":
+        # The CPU table's peers (PAIR's loop, the unfolded model, sweeps) say nothing here.
+        with deadline.section(deadline.left() - plan.pipeline_s):
+            gpu_section(plan, device, rows, facts, deadline)
+    elif args.only == "all":
+        with deadline.section(plan.cpu_section_s):
+            lite0_section(plan, device, rows, facts, deadline)
+    # its own time even when a section before overran (a call cannot be cut short here)
+    pipeline_rows(plan, rows, facts, Deadline(plan.pipeline_s))
     meta["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     meta["minutes"] = (time.perf_counter() - started) / 60
     meta["facts"] = facts

@@ -61,6 +61,7 @@ from .tuning_probe import (
     ROUNDS,
     Rates,
     pick,
+    precision_is_faster,
     probe,
     sync,
 )
@@ -272,6 +273,33 @@ def compile_model(
 _ALLOCATOR_TUNED = False
 
 
+def precision_probe(
+    model: nn.Module,
+    device: torch.device,
+    input_shape: Sequence[int],
+    *,
+    model_name: str | None = None,
+) -> Callable[[str], bool]:
+    """``engine.resolve_precision``'s ``faster`` hook for this model here: whether a
+    candidate precision runs it faster than fp32 (``tuning_probe.precision_is_faster``, at
+    most about two seconds), asked once and cached beside the chunk sizes, so that
+    ``--precision auto`` gives a model the same precision on every run of this machine
+    (``SMOOTHGRAD_RETUNE=1`` asks again). Called only on CPUs with native bf16."""
+    device = torch.device(device)
+
+    def faster(candidate: str) -> bool:
+        key = cache_key(model, device, input_shape, f"{candidate} against fp32", model_name)
+        if not tuning_cache.retune_requested():
+            entry = tuning_cache.read_entries().get(key)
+            if isinstance(entry, dict) and isinstance(entry.get("faster"), bool):
+                return entry["faster"]
+        answer = precision_is_faster(model, device, input_shape, candidate)
+        tuning_cache.store(key, {"faster": answer, "probed_at": tuning_cache.now_iso()})
+        return answer
+
+    return faster
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of giving it back to the OS.
 
@@ -308,5 +336,5 @@ __all__ = [
     "GPU_CANDIDATES", "NO_METER", "RETUNE_VARIABLE", "ROUNDS", "Rates", "RunMeter", "RunPlan",
     "cache_dir", "cache_key", "cache_path", "choose_batch_size", "compile_model", "cpu_name",
     "describe", "device_description", "keep_freed_memory", "model_fingerprint", "pick",
-    "plan_run", "probe",
+    "plan_run", "precision_probe", "probe",
 ]  # fmt: skip

@@ -228,3 +228,69 @@ def _holds_up(small: list[float], large: list[float]) -> bool:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# --- is a lower precision faster? (``--precision auto`` on CPUs with native bf16) ----------
+
+#: a candidate precision must beat fp32 by this much: a near tie is not worth its rounding
+FASTER_BY = 1.1
+#: a candidate whose warm row takes this many times fp32's row is dropped at once
+HOPELESS = 3.0
+#: … and so is one whose very first row (first-call costs included) takes this long and ten
+#: times fp32's: the embedded Lite0 under bf16 on an AVX-512 BF16 CPU took over a second
+HOPELESS_FIRST_S = 0.5
+
+
+def precision_is_faster(
+    model: nn.Module | None,
+    device: torch.device,
+    input_shape: Sequence[int],
+    candidate: str = "bf16",
+    *,
+    rows: int = 4,
+    budget_s: float = 2.0,
+    clock: Callable[[], float] = time.perf_counter,
+    chunk: Callable[[str, int], None] | None = None,
+) -> bool:
+    """Whether ``candidate`` runs ``model``'s forward+backward at least ``FASTER_BY`` times
+    as fast as fp32 here: the hook ``engine.resolve_precision(..., faster=...)`` calls.
+
+    Bounded for a hopeless candidate: a warm-up row of each, the candidate dropped at once if
+    its first row is far slower (``HOPELESS_FIRST_S``), then after one warm row
+    (``HOPELESS``); else rounds of fp32 and candidate chunks of ``rows`` rows, interleaved so
+    that load hits both, while they fit ``budget_s``, medians compared. ``chunk(precision,
+    size)`` replaces the real model (tests).
+    """
+    device = torch.device(device)
+    if chunk is None:
+        generator = torch.Generator().manual_seed(0)
+        pool = torch.randn((rows, *input_shape), generator=generator).to(device)
+        pool = pool.contiguous(memory_format=engine.input_format(model))
+        targets = torch.zeros(rows, dtype=torch.long, device=device)
+
+        def chunk(precision: str, size: int) -> None:
+            engine.input_gradient(model, pool[:size], targets[:size], precision)
+            sync(device)
+
+    def per_row(precision: str, size: int) -> float:
+        started = clock()
+        chunk(precision, size)
+        return (clock() - started) / size
+
+    deadline = clock() + budget_s
+    per_row("fp32", 1)  # first-call costs
+    fp32 = per_row("fp32", 1)
+    first = per_row(candidate, 1)
+    if first > max(HOPELESS_FIRST_S, 10 * fp32):
+        return False
+    times = {"fp32": [fp32], candidate: [per_row(candidate, 1)]}
+    if times[candidate][0] > HOPELESS * fp32:
+        return False
+    for _ in range(ROUNDS):
+        if clock() + rows * (times["fp32"][-1] + times[candidate][-1]) > deadline:
+            break
+        for precision in ("fp32", candidate):
+            times[precision].append(per_row(precision, rows))
+    # the single warm rows count only when no round of chunks fitted the budget
+    measured = {p: t[1:] or t for p, t in times.items()}
+    return statistics.median(measured["fp32"]) >= FASTER_BY * statistics.median(measured[candidate])

@@ -7,14 +7,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: fp32 lets CUDA use TF32 tensor cores for matmuls and convolutions (cuDNN already does for
+#: convolutions by default); fp32-strict does not. On other devices the two are the same.
+PRECISIONS = ("fp32", "fp32-strict", "bf16", "fp16", "auto")
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: /proc/cpuinfo flags of CPUs that compute in bf16 natively (AVX-512 BF16, AMX)
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -45,30 +50,102 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(
+    precision: str,
+    device: torch.device,
+    *,
+    faster: Callable[[str], bool] | None = None,
+) -> str:
     """Turn ``auto`` into a concrete precision for ``device``.
 
     bf16 only where the hardware has fast bf16 and the maps stay faithful (see README): CUDA
-    devices that support it. On CPUs fp32 stays the default: bf16 maps are faithful (Spearman
-    0.99 with fp32's, pooled 14×14, n = 50, measured by ``make bench``) but CPUs without
-    native bf16 (AVX2 only, like the benchmark's) emulate it and ran 30× slower than fp32, and
-    how much CPUs with AVX-512 BF16 or AMX gain varies by model; ``--precision bf16`` opts in.
+    devices that support it, and CPUs with native bf16 (``native_bf16``) where ``faster``
+    (``faster("bf16")``: a timed probe of the model, ``tuning_probe.precision_is_faster``)
+    finds it faster than fp32. bf16 maps are faithful on CPUs too (Spearman 0.99 with fp32's,
+    pooled 14×14, n = 50, ``make bench``), but speed varies: CPUs without native bf16 (AVX2,
+    like the benchmark's) emulate it and ran 20–100× slower than fp32, and with AVX-512 BF16
+    the embedded Lite0 ran far slower while resnet18 ran 1.9× faster. Without ``faster`` a
+    CPU gets fp32. ``fp32-strict`` is plain fp32 off CUDA.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise ValueError("precision 'fp16' is not supported on the CPU; use bf16 or fp32")
+        if precision == "fp32-strict" and device.type != "cuda":
+            return "fp32"
         return precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if device.type == "cpu" and faster is not None and native_bf16() and faster("bf16"):
         return "bf16"
     return "fp32"
 
 
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively: a flag of ``NATIVE_BF16_FLAGS`` in the
+    ``flags`` lines of ``cpuinfo`` (the text of /proc/cpuinfo; read from there if None).
+    False where there is no /proc/cpuinfo (not Linux)."""
+    if cpuinfo is None:
+        return _this_cpu_native_bf16()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and set(value.split()) & set(NATIVE_BF16_FLAGS):
+            return True
+    return False
+
+
+@functools.cache
+def _this_cpu_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return native_bf16(f.read())
+    except OSError:
+        return False
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
+    if precision not in _AUTOCAST_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def float32_math(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """For an engine call on CUDA in fp32: TF32 tensor cores for matmuls and convolutions
+    (``fp32``) or none (``fp32-strict``), set for the call and restored after it, so the
+    caller's own settings are left as they were. Nothing changes on other devices or in the
+    half precisions.
+
+    TF32 keeps fp32's range with a 10-bit mantissa in the products (sums stay fp32): for a
+    saliency map, far below the noise SmoothGrad adds, and several times faster on tensor
+    cores. The flags are process-wide and read when a kernel is launched, so the context
+    must cover the backward pass too.
+    """
+    if device.type != "cuda" or precision not in ("fp32", "fp32-strict"):
+        return contextlib.nullcontext()
+    return _tf32(precision == "fp32")
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    except RuntimeError:
+        # The caller set TF32 with the newer fp32_precision API; reading the older flags
+        # then raises, and mixing the two is refused, so use the newer one as well.
+        saved_new = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if allowed else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_new
+        return
+    matmul.allow_tf32 = cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def prepare_model(

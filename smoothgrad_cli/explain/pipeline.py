@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import render
-from ..explainer import Explainer
+from .. import engine, render
+from ..explainer import Explainer, Explanation
 from ..images import ImageError, InputImage, load_image
 from ..manifest import Manifest, error_entry, ok_entry
 from ..report import ImageResult, MapResult, Report, map_results
@@ -57,12 +57,14 @@ class Pipeline:
         self.manifest = manifest
         self.explainer = explainer
         self.oom_said = False
+        self.explanations: _Explanations | None = None  # the run's, made by ``run``
 
     def run(self, images: list[InputImage], progress_factory) -> None:
         if not images:
             return
         options = self.options
-        # Enough images per engine call to fill a chunk; one on CPUs, several on GPUs.
+        # Enough images per engine call to fill a chunk; one on CPUs, several on GPUs. Rows
+        # left over run with the next call's (``_Explanations``): every chunk is full.
         per_step = max(
             1, min(64, math.ceil(self.explainer.chunk_size / self.explainer.rows_per_image))
         )
@@ -70,6 +72,13 @@ class Pipeline:
         decoder = ThreadPoolExecutor(options.workers, thread_name_prefix="decode")
         writer = ThreadPoolExecutor(options.workers, thread_name_prefix="write")
         pending_writes: deque[tuple[Future, _Decoded, list[MapResult]]] = deque()
+        rows_per_image = self.explainer.rows_per_image
+
+        def advance(n_rows: float) -> None:
+            if progress is not None:
+                progress.advance(n_rows / rows_per_image)
+
+        self.explanations = _Explanations(self.explainer, advance, self.said_oom)
         try:
             with progress if progress is not None else contextlib.nullcontext():
                 for group in _batched(self._decoded(images, decoder, per_step), per_step):
@@ -82,10 +91,11 @@ class Pipeline:
                         else:
                             good.append(item)
                     if good:
-                        self._explain(good, writer, pending_writes, progress)
+                        self._explain(good, writer, pending_writes)
                     self._collect(pending_writes, block=False)
                     # Writers behind the model: wait, rather than hold every map in memory.
                     self._collect(pending_writes, block=True, keep=4 * options.workers)
+                self._explain_rest(writer, pending_writes)
                 self._collect(pending_writes, block=True)
         finally:
             decoder.shutdown(wait=False, cancel_futures=True)
@@ -120,31 +130,28 @@ class Pipeline:
         except Exception as exc:  # a decoder bug must not end the run
             return _Decoded(image, error=ImageError(f"cannot decode image ({exc})"))
 
-    def _explain(self, good: list[_Decoded], writer, pending_writes, progress) -> None:
-        rows_per_image = self.explainer.rows_per_image
+    def _explain(self, good: list[_Decoded], writer, pending_writes) -> None:
+        """Feed decoded images to the explainer; write every map that finished."""
+        self._write_finished(lambda: self.explanations.feed(good), good, writer, pending_writes)
 
-        def advance(n_rows: int) -> None:
-            if progress is not None:
-                progress.advance(n_rows / rows_per_image)
+    def _explain_rest(self, writer, pending_writes) -> None:
+        """At the run's end: the maps of the images still in the engine's last chunk."""
+        self._write_finished(self.explanations.finish, [], writer, pending_writes)
 
+    def _write_finished(self, explain, good, writer, pending_writes) -> None:
         try:
-            explanations = self.explainer.explain(
-                torch.stack([item.tensor for item in good]),
-                # the chunk-size cache is checked against what the run achieves
-                progress=self.explainer.chunk_meter.wrap(advance),
-                on_oom=self.said_oom,
-            )
+            finished = explain()
         except torch.cuda.OutOfMemoryError as exc:
             # Even one noisy copy at a time does not fit: every image would fail the same way.
             reason = (
                 "CUDA out of memory even one noisy copy at a time; stopping the run "
                 "(try a smaller model or --device cpu)"
             )
-            for item in good:
+            for item in self.explanations.drop(good):
                 self.report.failed(item.image.path, reason, exc)
                 self._record(error_entry(item.image.path, reason), fatal=False)
             raise Abort from None
-        for item, explanation in zip(good, explanations, strict=True):
+        for item, explanation in finished:
             item.tensor = None
             # A model or a gradient that overflows gives NaN: that is no map, and NaN is not
             # JSON either. The image fails; the others in its chunk are unaffected.
@@ -234,6 +241,79 @@ class Pipeline:
                 return
             self.report.failed(self.manifest.path, manifest_failure(exc), exc)
             raise Abort from None
+
+
+class _Explanations:
+    """Images in as they are decoded, explanations out as their maps finish.
+
+    Each call runs the explainer's clean forward pass for the classes to explain and feeds
+    the noisy copies to the engine's stream (``SmoothGrad.stream``), which packs the rows of
+    successive calls into full chunks: an image's maps may come out of a later call than the
+    one that fed it, and ``finish`` returns the rest. This is ``Explainer.explain`` spread
+    over calls. Integrated gradients, refined image by image to a tolerance level after
+    level (``converged_attribute``), still go through ``Explainer.explain`` one call at a time.
+    """
+
+    def __init__(self, explainer: Explainer, advance, on_oom) -> None:
+        self.explainer = explainer
+        self.advance = advance
+        self.on_oom = on_oom
+        self.streamed = not isinstance(explainer.smoother.base, engine.IntegratedGradients)
+        self.engine = (
+            explainer.smoother.stream(explainer.attribution_model, on_oom=on_oom)
+            if self.streamed
+            else None
+        )
+        self.waiting: deque[tuple[_Decoded, list[int], np.ndarray]] = deque()
+        self.maps: list[np.ndarray] = []  # finished maps of images with classes to come
+        self.fed: list[_Decoded] = []  # the images of a call not streamed
+
+    def feed(self, items: list[_Decoded]) -> list[tuple[_Decoded, Explanation]]:
+        explainer = self.explainer
+        x = torch.stack([item.tensor for item in items])
+        # the chunk-size cache is checked against what the run achieves, call by call
+        progress = explainer.chunk_meter.wrap(self.advance)
+        if self.engine is None:
+            self.fed = items
+            explained = explainer.explain(x, progress=progress, on_oom=self.on_oom)
+            self.fed = []
+            return list(zip(items, explained, strict=True))
+        self.engine.progress = progress
+        probabilities = explainer.predict(x)
+        classes = explainer.classes(probabilities)
+        for item, chosen, p in zip(items, classes, probabilities, strict=True):
+            self.waiting.append((item, chosen, p.numpy()))
+        targets = torch.tensor([c for chosen in classes for c in chosen])
+        rows = x.repeat_interleave(explainer.classes_per_image, dim=0)
+        return self._finished(self.engine.feed(rows, targets))
+
+    def finish(self) -> list[tuple[_Decoded, Explanation]]:
+        if self.engine is None:
+            return []
+        self.engine.progress = self.explainer.chunk_meter.wrap(self.advance)
+        return self._finished(self.engine.finish())
+
+    def drop(self, also: list[_Decoded]) -> list[_Decoded]:
+        """Every image fed and not finished, then those of ``also`` not among them."""
+        items = [item for item, _, _ in self.waiting] + self.fed
+        self.waiting.clear()
+        self.maps.clear()
+        self.fed = []
+        return items + [item for item in also if all(item is not other for other in items)]
+
+    def _finished(self, maps: torch.Tensor) -> list[tuple[_Decoded, Explanation]]:
+        # An image's k classes are k inputs of the engine, which may finish in different
+        # calls: an image comes out once all of its maps have.
+        k = self.explainer.classes_per_image
+        self.maps.extend(maps.cpu().numpy())
+        out = []
+        while len(self.maps) >= k:
+            item, chosen, probabilities = self.waiting.popleft()
+            image_maps = np.stack(self.maps[:k])
+            del self.maps[:k]
+            explanation = Explanation(image_maps, chosen, probabilities, self.explainer.categories)
+            out.append((item, explanation))
+        return out
 
 
 def _batched(iterable, size: int):
