@@ -49,6 +49,7 @@ class Baseline(str, Enum):
 
 class Precision(str, Enum):
     FP32 = "fp32"
+    FP32_STRICT = "fp32-strict"  # no TF32 on CUDA (engine.PRECISIONS)
     BF16 = "bf16"
     FP16 = "fp16"
     AUTO = "auto"
@@ -82,7 +83,9 @@ class MapSettings:
     noise: float = 15.0  # percent of (max − min) of each image's model-input tensor
     samples: int = 50
     seed: int = 0
-    ig_steps: int = 32
+    ig_steps: int = 256  # integrated gradients: the most quadrature nodes
+    #: integrated gradients: the completeness gap each map is refined to (0: ig_steps nodes)
+    ig_tolerance: float = 0.05
     baseline: str = Baseline.BLACK.value  # integrated gradients: a name above or an image file
     precision: str = Precision.AUTO.value
     batch_size: int | None = None  # noisy copies per chunk; None: tuned or the default
@@ -112,6 +115,11 @@ class MapSettings:
                 "{option} must be >= 1",
             ),
             ("ig_steps", self.ig_steps >= 1, f"{{option}} must be >= 1, got {self.ig_steps}"),
+            (
+                "ig_tolerance",
+                math.isfinite(self.ig_tolerance) and self.ig_tolerance >= 0,
+                f"{{option}} must be a fraction >= 0 (0.05 is 5 %), got {self.ig_tolerance}",
+            ),
             ("top_k", self.top_k >= 1, f"{{option}} must be >= 1, got {self.top_k}"),
         )
         for key, ok, template in checks:
@@ -157,7 +165,7 @@ class MapSettings:
         return dataclasses.replace(self, **changes)
 
     def parameters(self) -> dict[str, Any]:
-        """What determines a map, for the manifest and JSON (IG steps only for IG)."""
+        """What determines a map, for the manifest and JSON (IG's settings only for IG)."""
         values = {
             key: getattr(self, key)
             for key in (
@@ -169,6 +177,7 @@ class MapSettings:
                 "samples",
                 "seed",
                 "ig_steps",
+                "ig_tolerance",
                 "precision",
             )
         }
@@ -176,6 +185,7 @@ class MapSettings:
             values["baseline"] = self.baseline
         else:
             values.pop("ig_steps")
+            values.pop("ig_tolerance")
         return values
 
 

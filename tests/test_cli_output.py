@@ -67,7 +67,7 @@ def long_photo(sample_images, tmp_path_factory) -> Path:
 def test_explain_help_shows_no_type_after_flags_and_names_every_option():
     text = help_of("explain")
     assert "<bool>" not in text
-    assert "Usage: smoothgrad explain [OPTIONS] INPUTS..." in text
+    assert "Usage: smoothgrad explain [OPTIONS] [INPUTS...]" in text
     assert "{inputs}" not in text
     for option in options_of("explain"):
         assert re.search(rf"(^|\W){re.escape(option)}(\W|$)", text), option
@@ -75,7 +75,7 @@ def test_explain_help_shows_no_type_after_flags_and_names_every_option():
     overlay = next(line for line in text.splitlines() if "--overlay" in line)
     assert re.search(r"--overlay\s+Also write", overlay), overlay
     # enums keep Typer's list of their values
-    assert "<fp32|bf16|fp16|auto>" in text
+    assert "<fp32|fp32-strict|bf16|fp16|auto>" in text
 
 
 def test_other_commands_usage_lines_and_checks_table_names():

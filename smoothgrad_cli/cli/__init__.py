@@ -3,7 +3,7 @@ own modules (``explain``, ``check``, ``models``) and the explainer they share.""
 
 from __future__ import annotations
 
-from . import check, explain, models, predict  # noqa: F401  (each registers its command)
+from . import check, explain, manifest, models, predict  # noqa: F401  (each registers its command)
 from .app import app, main
 
 __all__ = ["app", "main"]

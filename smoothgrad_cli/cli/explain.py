@@ -10,12 +10,13 @@ import typer
 from ..images import DEFAULT_MAX_PIXELS
 from ..render import DEFAULT_PERCENTILE, Sign
 from ..report import Report
-from ..settings import EMBEDDED, Method, Precision, Smoothing
+from ..settings import EMBEDDED, MapSettings, Method, Precision, Smoothing
 from .app import OUTPUT, RUN, app, progress_bar, usage_error
 from .options import (
     Device,
     IgBaseline,
     IgSteps,
+    IgTolerance,
     JsonLines,
     Labels,
     MethodChoice,
@@ -39,12 +40,13 @@ def _flag(name: str, help: str, panel: str = OUTPUT, *short: str, metavar: str |
 @app.command()
 def explain(
     inputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             metavar="INPUTS...",
-            help="Image files, folders (searched recursively), glob patterns and http(s) URLs.",
+            help="Image files, folders (searched recursively), glob patterns and http(s) URLs "
+            "(or none, with --files-from).",
         ),
-    ],
+    ] = None,
     output: Annotated[
         Path, _flag("--output", "Folder for the maps.", OUTPUT, "-o", metavar="DIR")
     ] = Path("smoothgrad_out"),
@@ -56,7 +58,8 @@ def explain(
     noise: Noise = 15.0,
     samples: Samples = 50,
     seed: Seed = 0,
-    ig_steps: IgSteps = 32,
+    ig_steps: IgSteps = MapSettings.ig_steps,
+    ig_tolerance: IgTolerance = MapSettings.ig_tolerance,
     baseline: IgBaseline = "black",
     target: Target = None,
     top_k: TopK = 1,
@@ -135,11 +138,33 @@ def explain(
     workers: Annotated[
         int, _flag("--workers", "Threads that decode and write beside the model.", RUN, metavar="N")
     ] = 4,
+    files_from: Annotated[
+        str | None,
+        _flag(
+            "--files-from",
+            "Also explain the inputs listed in FILE, one per line (- reads standard input).",
+            RUN,
+            metavar="FILE",
+        ),
+    ] = None,
+    null: Annotated[
+        bool, _flag("--null", "--files-from names are NUL-separated (find -print0).", RUN, "-0")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        _flag(
+            "--shard",
+            "Explain only shard I of N of the images (job arrays; the union of the N shards "
+            "is the whole run), or auto: from SLURM_ARRAY_TASK_ID or RANK/WORLD_SIZE.",
+            RUN,
+            metavar="I/N|auto",
+        ),
+    ] = None,
     quiet: Annotated[bool, _flag("--quiet", "No progress bar.", RUN, "-q")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Write SmoothGrad maps for images, files or whole folders."""
-    from ..settings import MapSettings, SettingsError
+    from ..settings import SettingsError
 
     try:  # no torch needed to refuse a bad setting: it is said at once
         settings = MapSettings(
@@ -152,6 +177,7 @@ def explain(
             samples=samples,
             seed=seed,
             ig_steps=ig_steps,
+            ig_tolerance=ig_tolerance,
             baseline=baseline,
             precision=precision,
             batch_size=batch_size,
@@ -166,7 +192,7 @@ def explain(
         from ..explain import ExplainOptions, UsageError, run_explain
 
         options = ExplainOptions(
-            inputs=inputs,
+            inputs=inputs or [],
             settings=settings,
             output=output,
             device=device,
@@ -181,6 +207,9 @@ def explain(
             max_pixels=max_pixels,
             patterns=pattern,
             workers=workers,
+            files_from=files_from,
+            null=null,
+            shard=shard,
         )
         try:
             run_explain(options, report, None if quiet else progress_bar(report.err))

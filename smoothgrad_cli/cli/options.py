@@ -81,7 +81,19 @@ IgSteps = Annotated[
     typer.Option(
         "--ig-steps",
         metavar="N",
-        help="Integration steps for integrated-gradients.",
+        help="Integrated gradients: the most quadrature nodes a map may take (refining "
+        "16, 32, 64, … up to N until --ig-tolerance is met), or the nodes with "
+        "--ig-tolerance 0.",
+        rich_help_panel=METHOD,
+    ),
+]
+IgTolerance = Annotated[
+    float,
+    typer.Option(
+        "--ig-tolerance",
+        metavar="T",
+        help="Integrated gradients: refine each map until its attributions sum to the score "
+        "change within this fraction (0.05: 5 %); 0 for exactly --ig-steps nodes.",
         rich_help_panel=METHOD,
     ),
 ]
@@ -123,7 +135,9 @@ PrecisionChoice = Annotated[
     Precision,
     typer.Option(
         "--precision",
-        help="fp32, bf16, fp16 or auto (bf16 on CUDA, fp32 on CPU).",
+        help="fp32 (TF32 tensor cores on CUDA), fp32-strict (no TF32), bf16, fp16 (CUDA), or "
+        "auto: bf16 on CUDA and on CPUs with native bf16 where it is faster for the model "
+        "(timed once, cached), fp32 elsewhere.",
         rich_help_panel=RUN,
     ),
 ]
@@ -136,7 +150,7 @@ Verbose = Annotated[
 ]
 
 __all__ = [
-    "Device", "IgBaseline", "IgSteps", "JsonLines", "Labels", "MethodChoice", "ModelName", "Noise",
-    "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target", "TopK", "Verbose",
-    "Weights",
+    "Device", "IgBaseline", "IgSteps", "IgTolerance", "JsonLines", "Labels", "MethodChoice",
+    "ModelName", "Noise", "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target",
+    "TopK", "Verbose", "Weights",
 ]  # fmt: skip

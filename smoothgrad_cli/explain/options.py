@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import outputs, render
+from .. import outputs, render, shard
 from ..errors import UsageError
 from ..images import DEFAULT_MAX_PIXELS
 from ..settings import MapSettings, SettingsError
@@ -35,6 +35,9 @@ class ExplainOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     patterns: list[str] | None = None
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    shard: str | None = None  # --shard I/N or auto (shard.parse)
+    files_from: str | None = None  # --files-from FILE or - (file_list.read_file_list)
+    null: bool = False  # -0: the list is NUL-separated
 
     def validate(self) -> None:
         """Check the options the settings do not hold, before any work; ``UsageError``."""
@@ -44,11 +47,22 @@ class ExplainOptions:
             raise UsageError("--workers must be >= 1")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError("--max-pixels must be >= 1")
+        if self.null and self.files_from is None:
+            raise UsageError("-0 says how --files-from separates names: give --files-from")
         try:
             render.check_percentile(self.percentile)
             if self.cmap is not None:
                 render.check_cmap(self.cmap)
         except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def shard_of_job(self) -> tuple[shard.Shard | None, str | None]:
+        """``--shard``: this process's shard (``None``: all images) and a warning to say."""
+        if self.shard is None:
+            return None, None
+        try:
+            return shard.parse(self.shard)
+        except shard.ShardError as exc:
             raise UsageError(str(exc)) from None
 
     def output_names(self, relative: Path) -> list[dict[str, Path]]:
