@@ -14,7 +14,13 @@ def run() -> None:
     except KeyboardInterrupt:  # stopped while the command line itself was still loading
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    main()
+    try:
+        main()
+    finally:
+        # Python puts the default handlers back while it shuts down (which takes a while
+        # with torch loaded): a second kill after a stop must not end the process by its
+        # signal then, with the summary printed and 130 due.
+        interrupt.ignore_if_stopping()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from . import engine, tuning
+from .engine.convergence import Convergence, WorkMeter, converged_attribute
 from .images import ImageError, load_image
 from .labels import LabelsError, read_labels
 from .models import LoadedModel, ModelError, load_model
@@ -89,6 +90,8 @@ class Explanation:
     classes: list[int]
     probabilities: np.ndarray  # (classes,) float32: the softmax over every class
     categories: Sequence[str]
+    #: integrated gradients: how complete each class's map is (``None`` for other methods)
+    convergence: list[Convergence] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -115,7 +118,14 @@ class Explainer:
         self.prepared = prepared
         loaded = prepared.loaded
         try:
-            self.precision = engine.resolve_precision(settings.precision, prepared.device)
+            # auto: bf16 where the device has it natively and, on a CPU, where it is faster
+            # for this model (timed once per machine and model, then cached)
+            faster = tuning.precision_probe(
+                prepared.model, prepared.device, prepared.input_shape, model_name=loaded.name
+            )
+            self.precision = engine.resolve_precision(
+                settings.precision, prepared.device, faster=faster
+            )
         except ValueError as exc:
             raise SettingsError("precision", _literal(str(exc))) from None
         self.target: int | None = None
@@ -130,6 +140,7 @@ class Explainer:
                 f"{{option}} {settings.top_k} exceeds the model's {len(loaded.categories)} classes",
             )
         if settings.method == Method.INTEGRATED_GRADIENTS:
+            # At its most nodes: converged_attribute refines up to them (--ig-tolerance).
             base = engine.IntegratedGradients(
                 settings.ig_steps, baseline=_baseline(settings, loaded)
             )
@@ -223,7 +234,9 @@ class Explainer:
             passes_per_row=self.smoother.base.passes_per_input,
         )
         self.smoother.batch_size, self.attribution_model = plan.batch_size, plan.model
-        self.chunk_meter = plan.meter
+        # Refined integrated gradients cost a row as many passes as its level: the meter is
+        # told the passes, the progress bar each image's share (``convergence.WorkMeter``).
+        self.chunk_meter = WorkMeter(plan.meter) if self._integrated else plan.meter
 
     # --- photos → maps -------------------------------------------------------------------
 
@@ -241,6 +254,10 @@ class Explainer:
             return [[self.target] for _ in range(probabilities.shape[0])]
         return probabilities.topk(self.settings.top_k, dim=1).indices.tolist()
 
+    @property
+    def _integrated(self) -> bool:
+        return isinstance(self.smoother.base, engine.IntegratedGradients)
+
     def attribute(
         self,
         x: torch.Tensor,
@@ -253,18 +270,34 @@ class Explainer:
         """Maps ``(N, K, C, H, W)``: for each image, one per class in ``classes[i]`` (the
         same noise for each). ``model`` replaces the explainer's own (a randomised copy for
         sanity checks); ``progress`` and ``on_oom`` go to the engine."""
+        return self.attributions(x, classes, model=model, progress=progress, on_oom=on_oom)[0]
+
+    def attributions(
+        self,
+        x: torch.Tensor,
+        classes: Sequence[Sequence[int]],
+        *,
+        model: nn.Module | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_oom: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, list[list[Convergence]] | None]:
+        """``attribute``'s maps, and for integrated gradients each map's ``Convergence``
+        (per image, per class), refined to ``settings.ig_tolerance``."""
         k = len(classes[0])
         rows = x.repeat_interleave(k, dim=0)
         targets = torch.tensor([c for cs in classes for c in cs])
-        maps = self.smoother.attribute(
-            model if model is not None else self.attribution_model,
-            rows,
-            targets,
-            progress=progress,
-            on_oom=on_oom,
-        )
+        model = model if model is not None else self.attribution_model
+        convergence = None
+        if self._integrated:
+            maps, flat = converged_attribute(
+                self.smoother, model, rows, targets, tolerance=self.settings.ig_tolerance,
+                progress=progress, on_oom=on_oom,
+            )  # fmt: skip
+            convergence = [flat[i * k : (i + 1) * k] for i in range(x.shape[0])]
+        else:
+            maps = self.smoother.attribute(model, rows, targets, progress=progress, on_oom=on_oom)
         maps = maps.cpu().numpy()
-        return maps.reshape(x.shape[0], k, *maps.shape[1:])
+        return maps.reshape(x.shape[0], k, *maps.shape[1:]), convergence
 
     def explain(
         self,
@@ -276,9 +309,15 @@ class Explainer:
         """Model inputs ``(N, C, H, W)`` → one ``Explanation`` each."""
         probabilities = self.predict(x)
         classes = self.classes(probabilities)
-        maps = self.attribute(x, classes, progress=progress, on_oom=on_oom)
+        maps, convergence = self.attributions(x, classes, progress=progress, on_oom=on_oom)
         return [
-            Explanation(maps[i], classes[i], probabilities[i].numpy(), self.categories)
+            Explanation(
+                maps[i],
+                classes[i],
+                probabilities[i].numpy(),
+                self.categories,
+                convergence[i] if convergence is not None else None,
+            )
             for i in range(x.shape[0])
         ]
 

@@ -36,6 +36,15 @@ def stopping() -> bool:
     return isinstance(handler, _Handler) and handler.stopping
 
 
+def ignore_if_stopping() -> None:
+    """Once a stop has begun, ignore SIGINT and SIGTERM for the rest of the process (its
+    shutdown): the handlers above are Python functions, which interpreter shutdown replaces
+    with the default ones, while an ignored signal stays ignored."""
+    if stopping() and threading.current_thread() is threading.main_thread():
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def install() -> _Handler | None:
     """Handle SIGINT and SIGTERM as above for the rest of the process (the command line's
     entry point calls this first). Only the main thread can set handlers; elsewhere nothing

@@ -7,6 +7,7 @@ A reader that closes stdout (``| head -1``) stops the run quietly, exit 141.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -108,6 +109,38 @@ class Prediction:
 
 
 @dataclass
+class IgCompleteness:
+    """How complete an integrated-gradients map is (``engine.convergence.Convergence``):
+    ``gap`` = |attribution_sum − score_change| / |score_change| (``None`` when the score did
+    not change), reached at ``steps`` nodes; ``converged``: within ``tolerance`` (``None``
+    when the steps were fixed, ``--ig-tolerance 0``)."""
+
+    steps: int
+    gap: float | None
+    attribution_sum: float
+    score_change: float
+    tolerance: float | None
+    converged: bool | None
+
+    @classmethod
+    def of(cls, convergence) -> IgCompleteness:
+        gap = convergence.gap
+        return cls(
+            steps=convergence.steps,
+            gap=gap if math.isfinite(gap) else None,  # JSON has no infinity
+            attribution_sum=convergence.attribution_sum,
+            score_change=convergence.score_change,
+            tolerance=convergence.tolerance,
+            converged=convergence.converged,
+        )
+
+    def shown(self) -> str:
+        """``1.2% · 64 steps`` for the table."""
+        gap = "n/a" if self.gap is None else f"{self.gap:.1%}"
+        return f"{gap} · {self.steps} steps"
+
+
+@dataclass
 class MapResult:
     """One explained class of an image. ``rank`` is the class's rank among all the model's
     predictions (1: its top class), also when ``--target`` names a class; ``top1`` is the
@@ -119,14 +152,24 @@ class MapResult:
     probability: float
     outputs: dict[str, str]
     top1: Prediction | None = None
+    ig: IgCompleteness | None = None  # integrated gradients only
+
+    def to_json(self) -> dict[str, Any]:
+        """The map's JSON object; ``ig`` only for integrated gradients."""
+        values = asdict(self)
+        if values["ig"] is None:
+            values.pop("ig")
+        return values
 
 
 def map_results(explanation: Explanation) -> list[MapResult]:
     """The results of one explained image, one per explained class, best first, each with
-    the model's own rank of its class and the model's top-1 class."""
+    the model's own rank of its class and the model's top-1 class (and, for integrated
+    gradients, how complete the map is)."""
     probabilities, categories = explanation.probabilities, explanation.categories
     best = int(probabilities.argmax())
     top1 = Prediction(best, categories[best], float(probabilities[best]))
+    convergence = explanation.convergence or [None] * len(explanation.classes)
     return [
         MapResult(
             rank=explanation.rank(int(c)),
@@ -135,9 +178,24 @@ def map_results(explanation: Explanation) -> list[MapResult]:
             probability=float(probabilities[c]),
             outputs={},
             top1=top1,
+            ig=IgCompleteness.of(ig) if ig is not None else None,
         )
-        for c in explanation.classes
+        for c, ig in zip(explanation.classes, convergence, strict=True)
     ]
+
+
+def unconverged_message(input: str, result: MapResult) -> str | None:
+    """The stderr line for an integrated-gradients map that reached ``--ig-steps`` with its
+    gap above ``--ig-tolerance``; ``None`` for any other map."""
+    ig = result.ig
+    if ig is None or ig.converged is not False:
+        return None
+    gap = "unbounded (the score did not change)" if ig.gap is None else f"{ig.gap:.1%}"
+    return (
+        f"{shown(input)}: integrated gradients of {result.class_name} ({result.class_index}) "
+        f"did not converge: completeness gap {gap} at {ig.steps} steps (--ig-steps), above "
+        f"--ig-tolerance {ig.tolerance:g}; raise --ig-steps for a complete map"
+    )
 
 
 @dataclass
@@ -149,14 +207,14 @@ class ImageResult:
     def to_json(self, outputs: bool = True) -> dict[str, Any]:
         """``maps`` with their files; without ``outputs`` (predictions only) ``predictions``."""
         if outputs:
-            listed = {"maps": [asdict(m) for m in self.maps]}
+            listed = {"maps": [m.to_json() for m in self.maps]}
         else:
             listed = {"predictions": [_without_outputs(m) for m in self.maps]}
         return {"input": self.input, "status": "skipped" if self.skipped else "ok", **listed}
 
 
 def _without_outputs(result: MapResult) -> dict[str, Any]:
-    values = asdict(result)
+    values = result.to_json()
     values.pop("outputs")
     if values["top1"] is None:  # predictions: the top-1 is the first of them
         values.pop("top1")
@@ -198,6 +256,10 @@ class Report:
     def done(self, result: ImageResult) -> None:
         with self._lock:
             self.results.append(result)
+            for m in result.maps:
+                message = unconverged_message(result.input, m)
+                if message is not None:
+                    self.err.print(f"warning: {escape(one_line(message))}")
             if self.json_lines:
                 self._print_json(result.to_json(self.outputs))
 
@@ -278,6 +340,9 @@ class Report:
         table.add_column("prob", justify="right")
         if beside:
             table.add_column("top-1", overflow="fold")
+        integrated = any(m.ig is not None for r in self.results for m in r.maps)
+        if integrated:
+            table.add_column("IG gap", justify="right")
         if self.outputs:
             table.add_column("outputs", overflow="fold")
         for result in sorted(self.results, key=lambda r: r.input):
@@ -300,7 +365,17 @@ class Report:
                         if differs
                         else ""
                     )
+                if integrated:
+                    row.append(_ig_cell(m.ig))
                 if self.outputs:
                     row.append(escape(" ".join(shown(p) for p in m.outputs.values())))
                 table.add_row(*row)
         return table
+
+
+def _ig_cell(ig: IgCompleteness | None) -> str:
+    if ig is None:
+        return ""
+    if ig.converged is False:  # said on stderr too; here it stands out among the rows
+        return f"[bold red]{escape(ig.shown())}, over {ig.tolerance * 100:g}%[/bold red]"
+    return escape(ig.shown())

@@ -23,7 +23,7 @@ COFFEE = Path(__file__).resolve().parents[1] / "sample_images" / "coffee.png"
 #: the report order of a case's results, which JSON and JUnit consumers see
 REPORT_ORDER = (
     "expect_class", "min_probability", "min_mass", "pointing",
-    "min_rank_correlation", "max_mean_abs_diff", "sanity",
+    "min_rank_correlation", "max_mean_abs_diff", "sanity", "max_ig_gap",
 )  # fmt: skip
 
 
@@ -49,6 +49,7 @@ EVERY_KIND = {
     "min_rank_correlation": 0.9,
     "max_mean_abs_diff": 0.1,
     "sanity": Sanity(),
+    "max_ig_gap": 0.05,
 }
 
 
@@ -89,6 +90,8 @@ def test_parsed_case_with_every_kind_lists_each_kind(tmp_path):
             min_rank_correlation = 0.9
             max_mean_abs_diff = 0.1
             sanity = true
+            method = "integrated-gradients"
+            max_ig_gap = 0.05
             """
         )
     )

@@ -304,3 +304,43 @@ def test_probe_keeps_fp32_on_a_near_tie():
 def test_probe_with_a_real_model_runs_and_answers():
     answer = tuning_probe.precision_is_faster(tiny_net(), "cpu", SHAPE, rows=2, budget_s=0.5)
     assert answer in (True, False)
+
+
+def test_auto_precision_probes_a_model_once_per_machine_then_reads_the_cache(
+    monkeypatch, tmp_path
+):
+    """The explainer's ``auto`` on a CPU with native bf16: the probe's answer is cached (a
+    second explainer, as a second run would, does not time again) and SMOOTHGRAD_RETUNE asks
+    again."""
+    from torchvision.transforms._presets import ImageClassification
+
+    from smoothgrad_cli import tuning
+    from smoothgrad_cli.explainer import Explainer
+    from smoothgrad_cli.models import LoadedModel
+    from smoothgrad_cli.settings import MapSettings
+
+    monkeypatch.setenv("SMOOTHGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(engine_model, "_this_cpu_native_bf16", lambda: True)
+    timed = []
+
+    def precision_is_faster(model, device, input_shape, candidate):
+        timed.append((tuple(input_shape), candidate))
+        return True
+
+    monkeypatch.setattr(tuning, "precision_is_faster", precision_is_faster)
+
+    def loader(name, weights):
+        torch.manual_seed(0)
+        transform = ImageClassification(crop_size=16, resize_size=16)
+        return LoadedModel("tiny", "random", tiny_net(), transform, ["a", "b", "c"])
+
+    def precision(**settings):
+        return Explainer.load(MapSettings(**settings), "cpu", loader).precision
+
+    assert precision() == "bf16"
+    assert precision() == "bf16"
+    assert timed == [((3, 16, 16), "bf16")]
+    assert precision(precision="fp32") == "fp32"  # asked only for auto
+    monkeypatch.setenv("SMOOTHGRAD_RETUNE", "1")
+    assert precision() == "bf16"
+    assert len(timed) == 2

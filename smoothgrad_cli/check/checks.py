@@ -22,7 +22,10 @@ What the checks measure (the formulas are in ``metrics``):
   in ``pool`` × ``pool`` blocks first);
 * ``sanity``: the same map (same seed, same noise, same target) from a copy of the model
   whose top layers are re-drawn at random (Adebayo et al. 2018); its Spearman correlation
-  with the original normalised map must stay below a threshold.
+  with the original normalised map must stay below a threshold;
+* ``max_ig_gap``: integrated gradients' completeness gap, |Σ attribution − (S_c(x) −
+  S_c(x′))| / |S_c(x) − S_c(x′)| (of the mean map against the mean over the noisy copies
+  under smoothing, ``engine.convergence``), at most this after refining to ``ig_tolerance``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from .metrics import (
 from .reports import CheckResult
 
 if TYPE_CHECKING:
+    from ..engine.convergence import Convergence
     from .spec import Case
 
 
@@ -56,13 +60,15 @@ class CaseMap:
     attribution: np.ndarray  # (C, H, W) float32
     normalised: np.ndarray  # (H, W) paper's display in [0, 1]
     magnitude: np.ndarray  # (H, W) |attribution| summed over channels
+    ig: Convergence | None = None  # integrated gradients: how complete the map is
 
     @classmethod
-    def of(cls, attribution: np.ndarray) -> CaseMap:
+    def of(cls, attribution: np.ndarray, ig: Convergence | None = None) -> CaseMap:
         return cls(
             attribution=attribution,
             normalised=render.magnitude_map(attribution),
             magnitude=np.abs(attribution.astype(np.float64)).sum(axis=0),
+            ig=ig,
         )
 
 
@@ -326,6 +332,34 @@ def sanity(s: Subject) -> CheckResult:
             f"randomising {sanity.label} of the model barely changes the map "
             f"(rank correlation {rho:.3f}): the method is not explaining this model"
         ),
+    )
+
+
+@_check("max_ig_gap", lambda case: case.max_ig_gap is not None)
+def max_ig_gap(s: Subject) -> CheckResult:
+    limit, ig = s.case.max_ig_gap, s.map().ig
+    ok = ig.gap <= limit
+    gap = f"{ig.gap:.2%}" if math.isfinite(ig.gap) else "unbounded"
+    return CheckResult(
+        s.case.name,
+        "max_ig_gap",
+        ok,
+        f"{gap} ({ig.steps} steps)",
+        f"<= {limit:g}",
+        value=ig.gap,
+        limit=limit,
+        message=""
+        if ok
+        else (
+            f"the map's attributions sum to {ig.attribution_sum:.4g} where the score changes "
+            f"by {ig.score_change:.4g} at {ig.steps} steps: raise ig_steps "
+            f"(now {s.case.settings.ig_steps}) for a complete map"
+        ),
+        details={
+            "steps": ig.steps,
+            "attribution_sum": ig.attribution_sum,
+            "score_change": ig.score_change,
+        },
     )
 
 

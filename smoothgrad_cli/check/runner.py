@@ -288,7 +288,8 @@ class Checker:
         key = (_map_key(explainer), str(case.image.resolve()), target, random_key)
         if key not in self._maps:
             model = None if random_key is None else self._random[random_key]
-            self._maps[key] = CaseMap.of(explainer.attribute(x, [[target]], model=model)[0, 0])
+            maps, convergence = explainer.attributions(x, [[target]], model=model)
+            self._maps[key] = CaseMap.of(maps[0, 0], convergence and convergence[0][0])
         return self._maps[key]
 
     def _write_golden(self, case: Case, cmap: CaseMap, run: CheckRun) -> Golden:

@@ -31,6 +31,7 @@ from .values import (
     read_class,
     read_integer,
     read_mask,
+    read_max_ig_gap,
     read_number,
     read_settings,
     read_string,
@@ -50,7 +51,7 @@ CHECK_KEYS = (
     "expect_class", "top_k", "min_probability",
     "region", "mask", "min_mass", "pointing", "pointing_tolerance",
     "golden", "min_rank_correlation", "max_mean_abs_diff", "pool",
-    "sanity",
+    "sanity", "max_ig_gap",
 )  # fmt: skip
 CASE_KEYS = ("name", "image", *CHECK_KEYS, *SETTING_KEYS)
 SANITY_KEYS = ("layers", "max_rank_correlation")
@@ -108,6 +109,7 @@ class Case:
     max_mean_abs_diff: float | None = None
     pool: int = 1
     sanity: Sanity | None = None
+    max_ig_gap: float | None = None  # integrated gradients' completeness gap, at most
 
     def check_names(self) -> list[str]:
         return check_names(self)
@@ -303,9 +305,12 @@ def _parse_case(
     # sanity
     if "sanity" in table:
         case.sanity = _parse_sanity(where, table["sanity"])
+    case.max_ig_gap = read_max_ig_gap(where, table, settings)
 
     if not case.check_names():
-        raise where.error(None, "no checks: give expect_class, region/mask, golden or sanity")
+        raise where.error(
+            None, "no checks: give expect_class, region/mask, golden, sanity or max_ig_gap"
+        )
     return case
 
 

@@ -15,13 +15,13 @@ from PIL import Image, ImageOps
 from .. import names
 from ..errors import did_you_mean
 from ..models import looks_like_file, model_beside
-from ..settings import Baseline, Method, Precision, Smoothing
+from ..settings import Baseline, MapSettings, Method, Precision, Smoothing
 from .reports import as_line
 
 #: The map settings a spec's ``[defaults]`` and each ``[[case]]`` may give.
 SETTING_KEYS = (
     "model", "weights", "labels", "method", "smoothing", "noise", "samples", "seed", "precision",
-    "ig_steps", "baseline", "batch_size", "target",
+    "ig_steps", "ig_tolerance", "baseline", "batch_size", "target",
 )  # fmt: skip
 
 
@@ -184,7 +184,7 @@ def read_settings(where: Where, table: dict[str, Any], root: Path) -> dict[str, 
             out[key] = name if name in {b.value for b in Baseline} else str(root / name)
         elif key in choices:
             out[key] = read_choice(where, key, value, (c.value for c in choices[key]))
-        elif key == "noise":
+        elif key in ("noise", "ig_tolerance"):
             out[key] = read_number(where, key, value, 0.0)
         elif key in ("samples", "ig_steps", "batch_size"):
             out[key] = read_integer(where, key, value, 1)
@@ -193,6 +193,27 @@ def read_settings(where: Where, table: dict[str, Any], root: Path) -> dict[str, 
         elif key == "target":
             out[key] = read_class(where, key, value)
     return out
+
+
+def read_max_ig_gap(where: Where, table: dict[str, Any], settings: MapSettings) -> float | None:
+    """A case's ``max_ig_gap``: integrated gradients' completeness gap its map may keep.
+
+    Refused below the case's ``ig_tolerance``: the quadrature stops refining a map once its
+    gap is within the tolerance, so a stricter check would fail maps that more nodes would
+    have made pass."""
+    if "max_ig_gap" not in table:
+        return None
+    if settings.method != Method.INTEGRATED_GRADIENTS:
+        raise where.error("max_ig_gap", 'needs method = "integrated-gradients"')
+    limit = read_number(where, "max_ig_gap", table["max_ig_gap"], 0)
+    tolerance = settings.ig_tolerance
+    if limit < tolerance:
+        raise where.error(
+            "max_ig_gap",
+            f"{limit:g} is below ig_tolerance {tolerance:g}: maps stop refining once within "
+            "ig_tolerance; set ig_tolerance <= max_ig_gap (or 0 for exactly ig_steps nodes)",
+        )
+    return limit
 
 
 def _spec_weights(value: str, root: Path) -> str:
