@@ -306,9 +306,7 @@ def test_probe_with_a_real_model_runs_and_answers():
     assert answer in (True, False)
 
 
-def test_auto_precision_probes_a_model_once_per_machine_then_reads_the_cache(
-    monkeypatch, tmp_path
-):
+def test_auto_precision_probes_a_model_once_per_machine_then_reads_the_cache(monkeypatch, tmp_path):
     """The explainer's ``auto`` on a CPU with native bf16: the probe's answer is cached (a
     second explainer, as a second run would, does not time again) and SMOOTHGRAD_RETUNE asks
     again."""
