@@ -190,20 +190,22 @@ def test_overlay_puts_the_maps_corner_in_the_boxs_corner(photo):
     assert (xs.min(), ys.min()) == (15, 5)
     assert xs.max() <= 19 and ys.max() <= 9
     # the centre of that map pixel (photo pixel 16, 6) has the full weight
-    np.testing.assert_array_equal(out[6, 16], _blend(original[6, 16], 1.0, "inferno"))
+    np.testing.assert_array_equal(
+        out[6, 16], _blend(original[6, 16], 1.0, render.DEFAULT_OVERLAY_CMAP)
+    )
 
 
 def test_faint_saliency_leaves_the_photo_untouched_so_the_crop_shows_no_edge(photo):
     """A map that is faint everywhere (most of a real map) must not tint the part of the photo
     the model saw: the crop would stand out as a rectangle against the untouched rest."""
     original = np.asarray(photo)
-    faint = np.full((10, 10), 0.25, dtype=np.float32)  # about a real map's median
+    faint = np.full((10, 10), 0.2, dtype=np.float32)  # about a real map's median
     np.testing.assert_array_equal(np.asarray(render.overlay(photo, faint, BOX)), original)
-    # the alpha ramp: clear below 0.3, the full opacity from 0.9, smooth (monotone) between
+    # the alpha ramp: clear up to 0.2, the full opacity from 0.8, smooth (monotone) between
     ramp = render.overlay_alpha(np.linspace(0, 1, 101))
-    assert ramp[:31].max() == 0.0 and ramp[90:].min() == 1.0
+    assert ramp[:21].max() == 0.0 and ramp[80:].min() == 1.0
     assert (np.diff(ramp) >= 0).all()
-    assert render.overlay_alpha(np.array([0.6]))[0] == pytest.approx(0.5)
+    assert render.overlay_alpha(np.array([0.5]))[0] == pytest.approx(0.5)
 
 
 def test_overlay_of_a_non_rgb_photo_is_rgb():

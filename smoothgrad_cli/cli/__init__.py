@@ -3,7 +3,8 @@ own modules (``explain``, ``check``, ``models``) and the explainer they share.""
 
 from __future__ import annotations
 
-from . import check, explain, manifest, models, predict  # noqa: F401  (each registers its command)
+# each module registers its command
+from . import check, compare, explain, manifest, models, predict, report, sweep  # noqa: F401
 from .app import app, main
 
 __all__ = ["app", "main"]

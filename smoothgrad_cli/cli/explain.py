@@ -73,6 +73,20 @@ def explain(
     overlay: Annotated[
         bool, _flag("--overlay", "Also write the map blended on the photo, at its size.")
     ] = False,
+    overlay_blur: Annotated[
+        float | None,
+        _flag(
+            "--overlay-blur",
+            "Gaussian blur (σ, photo pixels) of the map as the overlay shows it, stated in its "
+            "legend; the map and --save-raw are never blurred (default: 2% of the part of the "
+            "photo the model saw; 0: none).",
+            metavar="PX",
+        ),
+    ] = None,
+    no_overlay_legend: Annotated[
+        bool,
+        _flag("--no-overlay-legend", "No legend (colour bar, scale, blur) on the overlay."),
+    ] = False,
     sign: Annotated[
         Sign,
         _flag(
@@ -161,6 +175,14 @@ def explain(
         ),
     ] = None,
     quiet: Annotated[bool, _flag("--quiet", "No progress bar.", RUN, "-q")] = False,
+    html_report: Annotated[
+        bool,
+        _flag(
+            "--report",
+            "At the end, write DIR/index.html: a page to browse the output folder's maps "
+            "(as `smoothgrad report DIR`).",
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Write SmoothGrad maps for images, files or whole folders."""
@@ -200,6 +222,8 @@ def explain(
             percentile=percentile,
             cmap=cmap,
             overlay=overlay,
+            overlay_blur=overlay_blur,
+            overlay_legend=not no_overlay_legend,
             sign=_sign(sign, diverging),
             save_raw=save_raw,
             skip_existing=skip_existing,
@@ -217,6 +241,10 @@ def explain(
             usage_error(str(exc))
     except KeyboardInterrupt:  # in start-up (importing torch, loading the model): nothing done
         report.interrupted = True
+    if html_report and not (report.interrupted or report.stdout_closed):
+        from .report import write_for_run
+
+        write_for_run(output, report, quiet)
     raise typer.Exit(report.finish())
 
 

@@ -28,6 +28,8 @@ class ExplainOptions:
     percentile: float = render.DEFAULT_PERCENTILE
     cmap: str | None = None
     overlay: bool = False
+    overlay_blur: float | None = None  # σ in photo pixels; None: render.auto_overlay_blur
+    overlay_legend: bool = True  # --no-overlay-legend: False
     sign: str = render.Sign.ABSOLUTE.value  # what the map shows (render.sign_map)
     save_raw: bool = False
     skip_existing: bool = False
@@ -49,6 +51,13 @@ class ExplainOptions:
             raise UsageError("--max-pixels must be >= 1")
         if self.null and self.files_from is None:
             raise UsageError("-0 says how --files-from separates names: give --files-from")
+        try:
+            render.check_overlay_blur(self.overlay_blur)
+        except ValueError as exc:
+            raise UsageError(f"--{exc}") from None
+        if not self.overlay and (self.overlay_blur is not None or not self.overlay_legend):
+            option = "--overlay-blur" if self.overlay_blur is not None else "--no-overlay-legend"
+            raise UsageError(f"{option} is about the overlay: give --overlay")
         try:
             render.check_percentile(self.percentile)
             if self.cmap is not None:

@@ -174,6 +174,10 @@ class Pipeline:
         names = options.output_names(item.image.relative)
         loaded = self.explainer.loaded
         box = loaded.crop_box(*item.photo.size) if item.photo is not None else None
+        legend = None  # what the overlay's legend calls the map (--no-overlay-legend: none)
+        if options.overlay_legend:
+            settings = options.settings
+            legend = render.legend_title(settings.method, settings.smoothing, options.sign)
         for attribution, files, result in zip(maps, names, results, strict=True):
             shown = render.sign_map(attribution, options.sign, options.percentile)
             if options.sign == render.Sign.ALL:
@@ -190,7 +194,13 @@ class Pipeline:
             if "overlay" in files:
                 render.save_png(
                     render.overlay(
-                        item.photo, magnitude, box, options.cmap or render.DEFAULT_OVERLAY_CMAP
+                        item.photo,
+                        magnitude,
+                        box,
+                        options.cmap or render.DEFAULT_OVERLAY_CMAP,
+                        blur=options.overlay_blur,  # display only: never the map or the .npy
+                        percentile=options.percentile,
+                        legend=legend,
                     ),
                     files["overlay"],
                 )
