@@ -51,6 +51,7 @@ class Rates(dict):
         self.samples: dict[int, list[float]] = {}  # each round's rate, in round order
         self.rounds = 0  # rounds finished over every size timed
         self.finished = False  # False: out of time; never cached
+        self.cut_by_budget = False  # larger sizes were left out: they would not fit the budget
         self.note = ""  # why it stopped short, or why larger sizes were not timed
         self.seconds = 0.0
 
@@ -94,7 +95,11 @@ def probe(
             for size in sorted(result.samples, reverse=r % 2 == 1):
                 timer.sample(size)
             result.rounds += 1
-        result.finished = bool(result.samples)
+        # One size timed because no larger one fitted the budget says nothing about which
+        # size is best: a moment of load, not the machine (it would pin chunk 1 in the cache).
+        result.finished = len(result.samples) > 1 or not result.cut_by_budget
+        if not result.finished:
+            result.note += ": one size alone is no choice, so nothing is cached"
     except _OutOfTime:
         result.note = f"out of its {budget_s:g} s budget after {result.rounds} of {rounds} rounds"
     finally:
@@ -111,6 +116,7 @@ def _first_round(timer: _Timer, sizes, rounds: int, budget_s: float, result: Rat
     for i, size in enumerate(sizes):
         if i and not timer.fits(size, rounds):
             result.note = f"chunks above {sizes[i - 1]} would not fit the {budget_s:g} s budget"
+            result.cut_by_budget = True
             break
         try:
             for _ in range(2 if i == 0 else 1):  # warm-up: first-call costs per shape

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from smoothgrad_cli.html_report import PAGE_SIZE, THUMB_SIZE, latest_entries, write_report
+from smoothgrad_cli.manifest import error_entry
 from smoothgrad_cli.names import json_line, shown
 
 # --- a run made up for the tests ------------------------------------------------------------
@@ -94,17 +95,7 @@ def ok_line(folder: Path, relative: str, cls: str, p: float, index: int, files: 
 
 
 def error_line(input: str, reason: str) -> str:
-    entry = {
-        "input": input,
-        "status": "error",
-        "outputs": [],
-        "class": None,
-        "class_index": None,
-        "probability": None,
-        "maps": [],
-        "error": reason,
-    }
-    return json_line({**entry, **COMMON})
+    return json_line({**error_entry(input, reason), **COMMON})
 
 
 def make_run(folder: Path) -> Path:

@@ -141,6 +141,16 @@ def test_every_chunk_is_started_only_if_it_fits_the_budget():
     assert "would not fit the 20 s budget" in rates.note
 
 
+def test_a_probe_that_only_had_time_for_the_smallest_size_is_not_cached():
+    # So loaded that after chunk 1 no larger chunk fits: the one size timed is no choice
+    # (a cached chunk 1 at a fraction of the machine's speed would stay for every run).
+    sim = Machine(dict.fromkeys(IDLE, 4.0))
+    rates = probe_on(sim, budget_s=20)
+    assert list(rates.samples) == [1]
+    assert not rates.finished
+    assert "would not fit the 20 s budget: one size alone is no choice" in rates.note
+
+
 def test_a_machine_that_slows_down_mid_probe_leaves_it_unfinished_within_one_chunk():
     # the first round goes well; then the machine becomes 30 times slower
     sim = Machine(dict(IDLE), load=lambda now: 1.0 if now < 2.0 else 30.0)
