@@ -19,7 +19,7 @@ percent-encoded.
 
 This module holds the public API and the orchestration: reading the manifest, one record
 per image for the page's script, the files each links to and the thumbnails it wants.
-``thumbs`` makes the thumbnails, ``page`` writes the HTML; the page's style, script and
+``thumbs`` makes the thumbnails, ``markup`` writes the HTML; the page's style, script and
 template are the package's ``report.css``, ``report.js`` and ``report.html``.
 """
 
@@ -37,7 +37,7 @@ from ..files import atomic_write
 from ..manifest import folder_entries, manifest_files
 from ..names import one_line, shown
 from ..remote import is_url
-from .page import PAGE_SIZE, page
+from .markup import PAGE_SIZE, page
 from .thumbs import THUMB_SIZE, THUMBS, _fresh, _make_thumbs, _Thumb, thumbnail_bytes
 
 __all__ = [
