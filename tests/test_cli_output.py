@@ -67,6 +67,7 @@ def long_photo(sample_images, tmp_path_factory) -> Path:
 def test_explain_help_shows_no_type_after_flags_and_names_every_option():
     text = help_of("explain")
     assert "<bool>" not in text
+    assert "<list[str]>" not in text  # the argument's name says what it takes
     assert "Usage: smoothgrad explain [OPTIONS] [INPUTS...]" in text
     assert "{inputs}" not in text
     for option in options_of("explain"):

@@ -42,6 +42,10 @@ def _bare_flags(params) -> None:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        elif getattr(param, "param_type_name", None) == "argument":
+            # An argument's name (INPUTS..., SPEC, DIR) already says what it takes; typer
+            # would add its Python type beside it (`<list[str]>`), which reads as a value.
+            param.display_type_rich = lambda ctx: None
 
 
 def _usage_name(argument) -> str:
