@@ -258,19 +258,13 @@ class Explainer:
     def _integrated(self) -> bool:
         return isinstance(self.smoother.base, engine.IntegratedGradients)
 
-    def attribute(
-        self,
-        x: torch.Tensor,
-        classes: Sequence[Sequence[int]],
-        *,
-        model: nn.Module | None = None,
-        progress: Callable[[int], None] | None = None,
-        on_oom: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
-        """Maps ``(N, K, C, H, W)``: for each image, one per class in ``classes[i]`` (the
-        same noise for each). ``model`` replaces the explainer's own (a randomised copy for
-        sanity checks); ``progress`` and ``on_oom`` go to the engine."""
-        return self.attributions(x, classes, model=model, progress=progress, on_oom=on_oom)[0]
+    def rows(
+        self, x: torch.Tensor, classes: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's inputs for images ``x`` and their ``classes``: each image repeated
+        once per class (the same noise for each), and the class of each row."""
+        k = len(classes[0])
+        return x.repeat_interleave(k, dim=0), torch.tensor([c for cs in classes for c in cs])
 
     def attributions(
         self,
@@ -281,11 +275,13 @@ class Explainer:
         progress: Callable[[int], None] | None = None,
         on_oom: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, list[list[Convergence]] | None]:
-        """``attribute``'s maps, and for integrated gradients each map's ``Convergence``
-        (per image, per class), refined to ``settings.ig_tolerance``."""
+        """Maps ``(N, K, C, H, W)``: for each image, one per class in ``classes[i]`` (the
+        same noise for each), and for integrated gradients each map's ``Convergence`` (per
+        image, per class), refined to ``settings.ig_tolerance``. ``model`` replaces the
+        explainer's own (a randomised copy for sanity checks); ``progress`` and ``on_oom``
+        go to the engine."""
         k = len(classes[0])
-        rows = x.repeat_interleave(k, dim=0)
-        targets = torch.tensor([c for cs in classes for c in cs])
+        rows, targets = self.rows(x, classes)
         model = model if model is not None else self.attribution_model
         convergence = None
         if self._integrated:

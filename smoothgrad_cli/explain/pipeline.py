@@ -293,9 +293,7 @@ class _Explanations:
         classes = explainer.classes(probabilities)
         for item, chosen, p in zip(items, classes, probabilities, strict=True):
             self.waiting.append((item, chosen, p.numpy()))
-        targets = torch.tensor([c for chosen in classes for c in chosen])
-        rows = x.repeat_interleave(explainer.classes_per_image, dim=0)
-        return self._finished(self.engine.feed(rows, targets))
+        return self._finished(self.engine.feed(*explainer.rows(x, classes)))
 
     def finish(self) -> list[tuple[_Decoded, Explanation]]:
         if self.engine is None:
