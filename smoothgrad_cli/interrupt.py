@@ -10,8 +10,11 @@ handler is in place before torch starts to load.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -43,6 +46,30 @@ def ignore_if_stopping() -> None:
     if stopping() and threading.current_thread() is threading.main_thread():
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+
+
+def exit_after_stop(code: object) -> None:
+    """End a process that was stopped with exit ``code`` (130), as ``sys.exit`` would, but
+    so that the code is the one its parent sees.
+
+    A ``KeyboardInterrupt`` that passes through Python code that C runs with ``PyRun_String``
+    (torch does, while it loads) sets a process-wide flag that CPython never clears: run with
+    ``python -m`` (torchrun's way), the interpreter then ends by killing itself with SIGINT
+    after its shutdown, whatever code ``sys.exit`` gave, although the stop was handled. So
+    this does the shutdown's part that matters here (threads still running are waited for,
+    ``atexit`` functions run, standard streams flushed) and leaves with ``os._exit``."""
+    ignore_if_stopping()
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    shutdown = getattr(threading, "_shutdown", None)  # joins non-daemon threads, as exit does
+    if shutdown is not None and threading.current_thread() is threading.main_thread():
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that has gone, a stream already closed
+            pass
+    os._exit(status)
 
 
 def install() -> _Handler | None:

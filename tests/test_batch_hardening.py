@@ -398,3 +398,49 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_short(signalled_runs):
     assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
     assert len(manifest_lines(out)) == len(done)
     assert not list(out.rglob("*.tmp"))
+
+
+_STOPPED_INSIDE_C = '''
+import ctypes, sys
+import smoothgrad_cli.cli
+from smoothgrad_cli import __main__ as entry
+
+
+def main():
+    # What torch does while it loads: Python code run from C by PyRun_String. A SIGTERM
+    # landing there leaves CPython's sticky "unhandled KeyboardInterrupt" flag set.
+    run = ctypes.pythonapi.PyRun_String
+    run.restype = ctypes.py_object
+    run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    code = b"import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\nwhile True: pass\\n"
+    try:
+        run(code, 257, {}, {})  # 257: Py_file_input
+    except KeyboardInterrupt:
+        print("interrupted: 0 images explained", file=sys.stderr)
+        sys.exit(130)
+
+
+smoothgrad_cli.cli.main = main
+entry.run()
+'''
+
+
+def test_a_stop_inside_code_that_c_runs_still_exits_130_under_python_m(tmp_path):
+    """CPython kills a ``python -m`` process with SIGINT at its very end once a
+    KeyboardInterrupt has passed through ``PyRun_String``, whatever ``sys.exit`` said; the
+    entry point must keep its 130 (torchrun starts every rank with ``-m``)."""
+    package = tmp_path / "stopped_inside_c"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(_STOPPED_INSIDE_C)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "stopped_inside_c"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted: 0 images explained\n"
