@@ -54,3 +54,52 @@ def test_skip_existing_redoes_maps_made_with_other_settings_and_says_so(tmp_path
     back = explain(str(src), "-o", str(out), *FAST, "--skip-existing", "--noise", "20")
     assert statuses(back) == {"0.png": "ok", "1.png": "ok"}
     assert "(method: input-x-gradient → gradient, noise: 15.0 → 20.0)" in back.stderr
+
+
+def test_skip_existing_redoes_images_whose_display_changed(tmp_path):
+    """The map's colormap and sign and the overlay's blur and legend change the files an
+    image gets: a resume with another one does those images again and names it."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    array = np.random.default_rng(0).integers(0, 256, (320, 400, 3), dtype=np.uint8)
+    Image.fromarray(array).save(src / "0.png")
+    assert explain(str(src), "-o", str(out), *FAST, "--overlay").exit_code == 0
+    overlay = (out / "0.png.overlay.png").read_bytes()
+
+    for option, change in [
+        (["--overlay", "--overlay-blur", "0"], "overlay_blur: None → 0.0"),
+        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend"], "overlay_legend: True → False"),
+        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend", "--cmap", "magma"], "cmap: None → magma"),
+        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend", "--cmap", "magma", "--sign", "positive"], "sign: absolute → positive"),
+    ]:  # fmt: skip
+        result = explain(str(src), "-o", str(out), *FAST, "--skip-existing", *option)
+        assert statuses(result) == {"0.png": "ok"}, (option, result.stderr)
+        assert f"({change})" in result.stderr
+        assert (out / "0.png.overlay.png").read_bytes() != overlay, option
+        overlay = (out / "0.png.overlay.png").read_bytes()
+        again = explain(str(src), "-o", str(out), *FAST, "--skip-existing", *option)
+        assert statuses(again) == {"0.png": "skipped"}, option
+
+    # without --overlay the overlays' own settings do not matter: nothing to do again
+    plain = ["--cmap", "magma", "--sign", "positive"]
+    assert statuses(explain(str(src), "-o", str(out), *FAST, "--skip-existing", *plain)) == {
+        "0.png": "skipped"
+    }
+
+
+def test_a_manifest_from_before_display_parameters_were_recorded_still_resumes(tmp_path):
+    """Entries without ``sign``/``cmap`` (and overlay) keys were made with their defaults."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    array = np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(array).save(src / "0.png")
+    assert explain(str(src), "-o", str(out), *FAST, "--overlay").exit_code == 0
+    manifest = out / "manifest.jsonl"
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for line in lines:
+        for key in ("sign", "cmap", "overlay_blur", "overlay_legend"):
+            line["parameters"].pop(key)
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    resumed = explain(str(src), "-o", str(out), *FAST, "--overlay", "--skip-existing")
+    assert statuses(resumed) == {"0.png": "skipped"}, resumed.stderr
+    assert "warning" not in resumed.stderr

@@ -81,6 +81,35 @@ class ExplainOptions:
         )
 
     def parameters(self, precision: str) -> dict:
-        """What determines a map, for the manifest: the settings with the precision used and
-        the display's percentile."""
-        return {**self.settings.parameters(), "precision": precision, "percentile": self.percentile}
+        """What determines an image's files, for the manifest and ``--skip-existing``: the
+        settings with the precision used, and how the map is shown (percentile, sign,
+        colormap; with overlays, their blur and legend)."""
+        values = {
+            **self.settings.parameters(),
+            "precision": precision,
+            "percentile": self.percentile,
+            "sign": self.sign,
+            "cmap": self.cmap,
+        }
+        if self.overlay:
+            values |= {"overlay_blur": self.overlay_blur, "overlay_legend": self.overlay_legend}
+        return values
+
+
+#: what an entry made before these were recorded was made with (no sign, colormap, overlay
+#: blur or legend options existed then), so that such a folder still resumes
+RECORDED_LATER = {"sign": render.Sign.ABSOLUTE.value, "cmap": None}
+OVERLAY_DEFAULTS = {"overlay_blur": None, "overlay_legend": True}
+
+
+def comparable(recorded: dict, wanted: dict) -> dict:
+    """A manifest entry's ``parameters`` put beside this run's ``wanted`` ones: keys recorded
+    only by later versions take the value older ones used, and the overlay's keys count only
+    when this run makes overlays (a run without them leaves the overlays there alone)."""
+    values = {**RECORDED_LATER, **recorded}
+    for key, default in OVERLAY_DEFAULTS.items():
+        if key in wanted:
+            values.setdefault(key, default)
+        else:
+            values.pop(key, None)
+    return values

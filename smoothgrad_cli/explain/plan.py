@@ -27,7 +27,7 @@ from ..images import InputImage, MissingInput, discover
 from ..manifest import MAIN, folder_entries, part_name, recorded_done
 from ..names import shown
 from ..shard import Shard, deal, file_size
-from .options import ExplainOptions
+from .options import ExplainOptions, comparable
 
 
 @dataclass
@@ -178,7 +178,7 @@ def not_done(plan: Plan, options: ExplainOptions) -> Plan:
             todo.append(image)
             continue
         recorded = entry.get("parameters")
-        if isinstance(recorded, dict) and recorded != wanted:
+        if isinstance(recorded, dict) and (recorded := comparable(recorded, wanted)) != wanted:
             todo.append(image)
             plan.redone.append(image)
             for key in sorted(set(recorded) | set(wanted)):
