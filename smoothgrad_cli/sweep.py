@@ -2,16 +2,17 @@
 how far each has converged.
 
 Per noise level the base method runs once, on max(samples) noisy copies in chunks; the map
-of n samples is the mean of the first n of them (a prefix of one run), so no cell is
-recomputed from scratch, and the cell (σ, n) is the map ``smoothgrad explain --noise σ
---samples n`` makes with the same seed: the noisy copies are built by the engine's own
+of n samples is taken over the first n of them (a prefix of one run): their mean, or for
+SmoothGrad² and VarGrad their mean of squares or variance, so no cell is recomputed from
+scratch, and the cell (σ, n) is the map ``smoothgrad explain --noise σ --samples n`` makes
+with the same seed and smoothing: the noisy copies are built by the engine's own
 ``ChunkBuffers`` from the same (seed, sample index) draws, with the same σ.
 
 Convergence is measured on what the figure shows: the paper's display
 (``render.magnitude_map``) averaged over ``pool`` × ``pool`` pixel blocks (``Display``):
 
-* split-half ρ(σ, n): Spearman's rank correlation between the mean of the even-numbered
-  samples 0, 2, 4, … and the mean of the odd-numbered 1, 3, 5, … of the first n: two
+* split-half ρ(σ, n): Spearman's rank correlation between the map of the even-numbered
+  samples 0, 2, 4, … and the map of the odd-numbered 1, 3, 5, … of the first n: two
   independent maps of n/2 samples each, so 1 − ρ is how much the map still changes from one
   run to another (undefined for n = 1);
 * ``stable_samples`` (per level): the smallest swept n from which on every swept count has
@@ -43,6 +44,8 @@ from .explainer import Explainer
 
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_POOL = 8
+#: what a sweep can take over its samples (``none`` has no samples to sweep)
+SMOOTHINGS = ("smoothgrad", "smoothgrad-sq", "vargrad")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Level:
 
     noise: float  # percent of the input's range, as --noise
     sigma: float  # σ in input units
-    maps: list[np.ndarray]  # (C, H, W) float32, the mean of the first n samples
+    maps: list[np.ndarray]  # (C, H, W) float32, over the first n samples
     split_half: list[float | None]  # None where undefined (n = 1, or a constant map)
     stable_samples: int | None = None
     noise_change: float | None = None  # ρ with the next level's map at the largest n
@@ -80,12 +83,14 @@ class Sweep:
     threshold: float
     target: int
     display: Display = field(default_factory=Display)
+    smoothing: str = "smoothgrad"
     levels: list[Level] = field(default_factory=list)
     stable_samples: int | None = None
     stable_noise: float | None = None
 
     def to_json(self) -> dict:
         return {
+            "smoothing": self.smoothing,
             "noise": self.noise,
             "samples": self.samples,
             "threshold": self.threshold,
@@ -145,6 +150,39 @@ def sample_maps(
                 progress(rows)
 
 
+class _Sums:
+    """Running float64 sums of maps and of their squares: what every smoothing of a prefix of
+    the samples is read from."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, one: torch.Tensor) -> None:
+        if self.total is None:
+            self.total, self.squares = torch.zeros_like(one), torch.zeros_like(one)
+        self.total += one
+        self.squares.addcmul_(one, one)
+        self.count += 1
+
+    def map(self, smoothing: str) -> np.ndarray | None:
+        """The smoothed map of the samples so far, as the engine's ``aggregate`` defines it:
+        their mean, mean of squares, or variance (over n, not n − 1); ``None`` for none."""
+        if self.count == 0:
+            return None
+        mean = self.total / self.count
+        if smoothing == "smoothgrad":
+            smoothed = mean
+        elif smoothing == "smoothgrad-sq":
+            smoothed = self.squares / self.count
+        elif smoothing == "vargrad":
+            smoothed = (self.squares / self.count - mean.square()).clamp_min_(0)
+        else:
+            raise ValueError(f"a sweep takes {', '.join(SMOOTHINGS)}, not {smoothing!r}")
+        return smoothed.float().numpy()
+
+
 def sweep_level(
     explainer: Explainer,
     x: torch.Tensor,
@@ -153,31 +191,30 @@ def sweep_level(
     samples: Sequence[int],
     display: Display = Display(),
     progress: Callable[[int], None] | None = None,
+    smoothing: str = "smoothgrad",
 ) -> Level:
     """Every sample count's map at one noise level, from one run of max(samples) copies:
     running sums (float64) of all samples and of the even and odd ones, read out as each
     swept count is reached."""
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"a sweep takes {', '.join(SMOOTHINGS)}, not {smoothing!r}")
     samples = sorted(samples)
     wanted = set(samples)
-    total = even = odd = None
-    means: dict[int, np.ndarray] = {}
+    total, even, odd = _Sums(), _Sums(), _Sums()
+    maps: dict[int, np.ndarray] = {}
     halves: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-    j = 0  # samples summed so far
     for chunk in sample_maps(explainer, x, target, noise, samples[-1], progress):
         for row in chunk.double():
             rows = [row] if noise > 0 else [row] * samples[-1]  # 0 %: every copy is x
             for one in rows:
-                if total is None:
-                    total, even, odd = (torch.zeros_like(one) for _ in range(3))
-                total += one
-                (even if j % 2 == 0 else odd).add_(one)
-                j += 1
+                (even if total.count % 2 == 0 else odd).add(one)
+                total.add(one)
+                j = total.count
                 if j in wanted:  # j samples: ⌈j/2⌉ even-numbered ones, ⌊j/2⌋ odd-numbered
-                    means[j] = (total / j).float().numpy()
-                    odd_mean = (odd / (j // 2)).numpy() if j >= 2 else None
-                    halves[j] = ((even / ((j + 1) // 2)).numpy(), odd_mean)
+                    maps[j] = total.map(smoothing)
+                    halves[j] = (even.map(smoothing), odd.map(smoothing))
     split = [None if b is None else display.rho(a, b) for a, b in (halves[n] for n in samples)]
-    return Level(noise, noise_sigma(x, noise), [means[n] for n in samples], split)
+    return Level(noise, noise_sigma(x, noise), [maps[n] for n in samples], split)
 
 
 def stable_from(values: Sequence[float | None], threshold: float) -> int | None:
@@ -202,12 +239,15 @@ def run_sweep(
     threshold: float = DEFAULT_THRESHOLD,
     display: Display = Display(),
     progress: Callable[[int], None] | None = None,
+    smoothing: str = "smoothgrad",
 ) -> Sweep:
     """The whole grid and its convergence numbers (the module's doc defines them)."""
     noise, samples = sorted(noise), sorted(samples)
-    sweep = Sweep(list(noise), list(samples), threshold, target, display)
+    sweep = Sweep(list(noise), list(samples), threshold, target, display, smoothing)
     for level in noise:
-        sweep.levels.append(sweep_level(explainer, x, target, level, samples, display, progress))
+        sweep.levels.append(
+            sweep_level(explainer, x, target, level, samples, display, progress, smoothing)
+        )
     for level in sweep.levels:
         at = stable_from(level.split_half, threshold)
         level.stable_samples = samples[at] if at is not None else None
@@ -228,6 +268,6 @@ def rows_of_work(noise: Sequence[float], samples: Sequence[int]) -> int:
 
 
 __all__ = [
-    "DEFAULT_POOL", "DEFAULT_THRESHOLD", "Display", "Level", "Sweep", "rows_of_work", "run_sweep",
-    "sample_maps", "stable_from", "sweep_level",
+    "DEFAULT_POOL", "DEFAULT_THRESHOLD", "SMOOTHINGS", "Display", "Level", "Sweep", "rows_of_work",
+    "run_sweep", "sample_maps", "stable_from", "sweep_level",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ import typer
 from ..names import json_line, shown
 from ..render import DEFAULT_PERCENTILE
 from ..report import Report
-from ..settings import EMBEDDED, MapSettings, Method, Precision
+from ..settings import EMBEDDED, MapSettings, Method, Precision, Smoothing
 from .app import METHOD, RUN, app, progress_bar, usage_error
 from .figure_options import (
     Cmap,
@@ -34,6 +34,7 @@ from .options import (
     ModelName,
     PrecisionChoice,
     Seed,
+    SmoothingChoice,
     Target,
     Verbose,
     Weights,
@@ -89,6 +90,7 @@ def sweep(
         ),
     ] = 8,
     method: MethodChoice = Method.GRADIENT,
+    smoothing: SmoothingChoice = Smoothing.SMOOTHGRAD,
     model: ModelName = EMBEDDED,
     weights: Weights = None,
     labels: Labels = None,
@@ -129,11 +131,13 @@ def sweep(
     """
     from ..settings import SettingsError
 
+    if smoothing == Smoothing.NONE:
+        usage_error("--smoothing none takes no samples, so there is nothing to sweep")
     try:
         levels = parse_list(noise, float, "--noise")
         counts = parse_list(samples, int, "--samples")
         settings = MapSettings(
-            model=model, weights=weights, labels=labels, method=method, smoothing="smoothgrad",
+            model=model, weights=weights, labels=labels, method=method, smoothing=smoothing,
             noise=levels[-1], samples=counts[-1], seed=seed, ig_steps=ig_steps,
             ig_tolerance=0.0, baseline=baseline, precision=precision, batch_size=batch_size,
             target=target,
@@ -216,7 +220,7 @@ def run_sweep_command(
     with bar if bar is not None else contextlib.nullcontext():
         result = run_sweep(
             explainer, x, target, levels, counts, threshold=threshold, display=display,
-            progress=(lambda rows: bar.advance(rows / total)) if bar is not None else None,
+            smoothing=settings.smoothing, progress=(lambda rows: bar.advance(rows / total)) if bar is not None else None,
         )  # fmt: skip
     p = float(probabilities[0, target])
     name = explainer.categories[target]
@@ -294,6 +298,11 @@ def _print_table(report: Report, result) -> None:
     print_table(report.out, table)
 
 
+#: the paper's names for the smoothings, and what each takes over the samples
+_SMOOTHING_NAMES = {"smoothgrad": "SmoothGrad", "smoothgrad-sq": "SmoothGrad²", "vargrad": "VarGrad"}
+_OVER = {"smoothgrad": "mean", "smoothgrad-sq": "mean of squares", "vargrad": "variance"}
+
+
 def _grid(image, name, target, p, result, settings: MapSettings, cmap):
     from .. import figures, render
 
@@ -310,9 +319,9 @@ def _grid(image, name, target, p, result, settings: MapSettings, cmap):
         if i + 1 < len(result.levels):
             lines.append(f"ρ to {result.levels[i + 1].noise:g} %: {_rho(level.noise_change)}")
         row_labels.append("\n".join(lines))
-    method = (
-        "SmoothGrad" if settings.method == Method.GRADIENT else f"SmoothGrad, {settings.method}"
-    )
+    method = _SMOOTHING_NAMES[settings.smoothing]
+    if settings.method != Method.GRADIENT:
+        method = f"{method}, {settings.method}"
     title = (
         f"{shown(image)} — {figures.class_title(name, target, p)} · {method}, seed {settings.seed}"
     )
@@ -320,9 +329,10 @@ def _grid(image, name, target, p, result, settings: MapSettings, cmap):
     samples, noise = _summary(result)
     caption = " ".join([
         figures.display_note(percentile),
-        f"A cell: the mean of the first n of one run of {largest} noisy copies at its noise "
+        f"A cell: the {_OVER[settings.smoothing]} of the first n of one run of {largest} noisy "
+        "copies at its noise "
         "level (σ in percent of the input's range). Split-half ρ: Spearman's rank correlation, "
-        f"{blocks}, between the means of the even- and of the odd-numbered of the n samples. "
+        f"{blocks}, between the maps of the even- and of the odd-numbered of the n samples. "
         f"Stable from n: from there on every swept n has ρ ≥ {result.threshold:g}. ρ to the next "
         f"level: between the row's map and the next row's at n = {largest}.",
         f"Samples: {samples}. Noise: {noise}.".replace("rho", "ρ").replace(">=", "≥"),
