@@ -216,12 +216,16 @@ class Explainer:
     def chunk_size(self) -> int:
         return self.smoother.batch_size or engine.default_batch_size(self.device)
 
-    def plan_chunks(self, *, compile: bool, say: Callable[[str], None]) -> None:
+    def plan_chunks(
+        self, *, compile: bool, say: Callable[[str], None], images: int | None = None
+    ) -> None:
         """Settle the chunk size (cached, else a short timed probe; ``batch_size`` wins) and
-        compile the model if asked, before the first image of a long run.
+        compile the model if asked, before the first image of a long run. ``images``: how
+        many the run will explain, if known (a run too small for a probe gets none).
 
         ``chunk_meter.wrap(progress)`` then times each engine call for the chunk-size cache
         (``tuning.NO_METER``, a no-op, when there is nothing to check)."""
+        passes = self.smoother.base.passes_per_input
         plan = tuning.plan_run(
             self.model,
             self.device,
@@ -231,7 +235,8 @@ class Explainer:
             compile=compile and not isinstance(self.smoother.base, engine.GuidedBackprop),
             model_name=self.loaded.name,
             say=say,
-            passes_per_row=self.smoother.base.passes_per_input,
+            passes_per_row=passes,
+            run_rows=None if images is None else images * self.rows_per_image * passes,
         )
         self.smoother.batch_size, self.attribution_model = plan.batch_size, plan.model
         # Refined integrated gradients cost a row as many passes as its level: the meter is

@@ -20,7 +20,13 @@ look fast or slow for a moment, so:
   size does not decide;
 - runs check the entry they use (``tuning_cache.RunMeter``): a run whose rate contradicts it
   marks it stale and the next run probes again. ``SMOOTHGRAD_RETUNE=1`` re-probes now, and
-  ``--batch-size N`` skips all of this.
+  ``--batch-size N`` skips all of this;
+- a run too small for the probe to pay off (fewer forward+backward rows than
+  ``PROBE_PAYS_AFTER`` probes would time) does not probe: it takes the cached size if there
+  is one, else the default, and caches nothing. The probe times each candidate at least once
+  a round, ≈ 190 rows on a CPU, which is four single-photo runs of 50 samples: a first
+  ``smoothgrad explain photo.jpg`` would otherwise spend most of its time choosing a chunk,
+  while the sizes differ by tens of percent at most, and only long runs gain that back.
 
 The chunk size never changes what is computed, only how the work is cut: every noisy copy is
 drawn from its own seed and the engine's results agree across chunk sizes to float rounding.
@@ -67,6 +73,16 @@ from .tuning_probe import (
 )
 
 
+#: a run probes once its work is at least this many times the probe's own (``probe_rows``)
+PROBE_PAYS_AFTER = 4
+
+
+def probe_rows(device: torch.device) -> int:
+    """Forward+backward rows a probe runs at the least: each candidate once per round."""
+    gpu = torch.device(device).type != "cpu"
+    return sum(GPU_CANDIDATES if gpu else CPU_CANDIDATES) * ROUNDS
+
+
 @dataclass
 class Choice:
     batch_size: int
@@ -77,6 +93,8 @@ class Choice:
     note: str = ""  # why the probe stopped short, or why it did not time larger chunks
     entry: dict[str, Any] | None = None  # the cache entry behind the choice
     key: str = ""
+    #: (the run's rows, the rows from which a run probes), when too few for one: none was run
+    small_run: tuple[int, int] | None = None
 
 
 def choose_batch_size(
@@ -87,12 +105,15 @@ def choose_batch_size(
     *,
     model_name: str | None = None,
     say: Callable[[str], None] | None = None,
+    run_rows: int | None = None,
 ) -> Choice:
     """The chunk size for this model/device/input size/precision: cached, else probed now.
 
     ``say`` is told, once, that a probe is running (it takes a few seconds) and why. A
     missing, unreadable, corrupt or stale entry only means probing again; a cache folder that
-    cannot be written only means the answer is not kept.
+    cannot be written only means the answer is not kept. ``run_rows``, the forward+backward
+    rows the run will do, if known: a run too small to pay for a probe gets none (the
+    module's doc), unless ``SMOOTHGRAD_RETUNE`` asks for one.
     """
     device = torch.device(device)
     precision = engine.resolve_precision(precision, device)
@@ -101,6 +122,11 @@ def choose_batch_size(
     old = None if retune else tuning_cache.valid_entry(tuning_cache.read_entries().get(key))
     if old is not None and not old.get("stale"):
         return Choice(old["batch_size"], False, old["rows_per_s"], entry=old, key=key)
+    pays_from = PROBE_PAYS_AFTER * probe_rows(device)
+    if run_rows is not None and not retune and run_rows < pays_from:
+        # a stale entry's size is still a measured one; the meter is not run against it
+        size = old["batch_size"] if old is not None else engine.default_batch_size(device)
+        return Choice(size, False, {}, cached=False, key=key, small_run=(run_rows, pays_from))
     if say is not None:
         if old is not None:
             why = f"again, as the cached one is stale: {old['stale']}"
@@ -169,18 +195,21 @@ def plan_run(
     model_name: str | None = None,
     say: Callable[[str], None] | None = None,
     passes_per_row: int = 1,
+    run_rows: int | None = None,
 ) -> RunPlan:
     """The chunk size (``batch_size`` if given, else cached or probed, said on one line) and
     the model to attribute with (compiled with ``compile``). ``passes_per_row``: forward+
-    backward passes per row of the run's method, to compare its rate with the probe's."""
+    backward passes per row of the run's method, to compare its rate with the probe's;
+    ``run_rows``: the run's forward+backward passes, if known (``choose_batch_size``)."""
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()
     choice = None
     if batch_size is None:
         choice = choose_batch_size(
-            model, device, input_shape, precision, model_name=model_name, say=say
-        )
+            model, device, input_shape, precision, model_name=model_name, say=say,
+            run_rows=run_rows,
+        )  # fmt: skip
         batch_size = choice.batch_size
         if say is not None:
             say(describe(choice))
@@ -205,6 +234,13 @@ def describe(choice: Choice) -> str:
     """The one line a run says about its chunk size, with how to change it."""
     change = f"{RETUNE_VARIABLE}=1 re-probes, --batch-size N sets one"
     size = choice.batch_size
+    if choice.small_run is not None:
+        rows, pays_from = choice.small_run
+        return (
+            f"chunk size {size}, not timed: a probe would cost more than it saves on this "
+            f"run's {rows:,} forward+backward passes (runs of {pays_from:,} or more time one; "
+            f"{RETUNE_VARIABLE}=1 forces one, --batch-size N sets a size)"
+        )
     if not choice.probed and choice.entry is not None:
         entry = choice.entry
         when = entry["probed_at"][:16].replace("T", " ")

@@ -385,8 +385,9 @@ def _explain(tmp_path, photo, *extra):
 
 
 def test_cli_asks_the_tuner_once_and_batch_size_overrides_it(
-    tmp_path, cache, counted_probe, sample_images
+    tmp_path, cache, counted_probe, sample_images, monkeypatch
 ):
+    monkeypatch.setattr(tuning, "PROBE_PAYS_AFTER", 0)  # one photo is a run worth a probe
     photo = sample_images / "coffee.png"
     auto = _explain(tmp_path / "a", photo)
     assert len(counted_probe) == 1 and counted_probe[0] == ((3, 224, 224), "fp32")
@@ -399,6 +400,24 @@ def test_cli_asks_the_tuner_once_and_batch_size_overrides_it(
     np.testing.assert_array_equal(fixed, auto)
     one = _explain(tmp_path / "d", photo, "--batch-size", "1")
     assert np.abs(one - auto).max() <= 1e-5 * np.abs(auto).max()
+
+
+def test_a_single_photo_run_is_too_small_for_a_probe(tmp_path, cache, counted_probe, sample_images):
+    """One photo's plain gradient, one pass (50 noisy copies would be a quarter of what a
+    CPU probe times): no probe is run, nothing is cached, the line says why. A run large
+    enough for a probe gets one (test_tuning)."""
+    from typer.testing import CliRunner
+
+    from smoothgrad_cli.cli import app
+
+    photo = sample_images / "coffee.png"
+    args = ["explain", str(photo), "-o", str(tmp_path), "--device", "cpu", "--precision", "fp32"]
+    result = CliRunner().invoke(app, [*args, "--smoothing", "none"])
+    assert result.exit_code == 0, result.output
+    assert counted_probe == [] and not (cache / "chunk-sizes.json").exists()
+    assert "chunk size 8, not timed: a probe would cost more than it saves on this run's 1 " in (
+        result.stderr
+    )
 
 
 def test_batch_size_override_skips_the_probe_entirely(tmp_path, cache, monkeypatch, sample_images):

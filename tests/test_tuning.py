@@ -256,6 +256,34 @@ def test_smoothgrad_retune_probes_again(cache, machine, model, monkeypatch):
     assert machine.probes == 2
 
 
+def test_a_run_too_small_to_pay_for_a_probe_gets_none(cache, machine, model, monkeypatch):
+    """A probe times ≈ 190 rows on a CPU: a run of fewer than 4× that takes the default (or
+    the cached size), caches nothing and says why; a larger one probes; RETUNE forces one."""
+    pays_from = tuning.PROBE_PAYS_AFTER * tuning.probe_rows(CPU)
+    assert pays_from == 4 * sum(tuning.CPU_CANDIDATES) * tuning.ROUNDS == 756
+    said = []
+    plan = tuning.plan_run(model, CPU, SHAPE, "fp32", say=said.append, run_rows=pays_from - 1)
+    assert machine.probes == 0 and not tuning.cache_path().exists()
+    assert plan.batch_size == engine.default_batch_size(CPU) and plan.meter is tuning.NO_METER
+    (line,) = said
+    assert line.startswith(f"chunk size {plan.batch_size}, not timed: ") and "\n" not in line
+    assert "this run's 755 forward+backward passes (runs of 756 or more time one;" in line
+    # a run large enough probes and caches; a small run after it uses (and checks) the cache
+    tuning.plan_run(model, CPU, SHAPE, "fp32", run_rows=pays_from)
+    assert machine.probes == 1 and the_entry()["batch_size"] == 4
+    plan = tuning.plan_run(model, CPU, SHAPE, "fp32", run_rows=1)
+    assert plan.batch_size == 4 and plan.meter is not tuning.NO_METER and machine.probes == 1
+    # a stale entry is not re-probed for a small run, but its measured size is still used
+    stale = tuning_cache.read_entries()
+    stale[plan.choice.key]["stale"] = "a run on this machine was far slower"
+    assert tuning_cache.write_entries(stale)
+    assert tuning.plan_run(model, CPU, SHAPE, "fp32", run_rows=1).batch_size == 4
+    assert machine.probes == 1
+    monkeypatch.setenv("SMOOTHGRAD_RETUNE", "1")
+    tuning.plan_run(model, CPU, SHAPE, "fp32", run_rows=1)
+    assert machine.probes == 2
+
+
 def test_batch_size_overrides_the_cache_and_retune(cache, machine, model, monkeypatch):
     tuning.plan_run(model, CPU, SHAPE, "fp32")
     monkeypatch.setenv("SMOOTHGRAD_RETUNE", "1")
