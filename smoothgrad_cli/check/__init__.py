@@ -16,12 +16,11 @@ loaded once. The user's model and its files are never touched.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import names
 from ..errors import EXIT_FAILED, EXIT_USAGE
-from ..explainer import Loader
 from ..files import atomic_write
-from ..models import load_model
 from . import reports
 from .checks import CHECK_NAMES
 from .metrics import (
@@ -34,7 +33,6 @@ from .metrics import (
     spearman,
 )
 from .reports import CheckResult, CheckRun, junit_xml, results_table, summary
-from .runner import Checker, randomisable_layers, randomised_copy
 from .spec import (
     DEFAULT_GOLDEN_RANK_CORRELATION,
     Case,
@@ -46,6 +44,21 @@ from .spec import (
     spec_from_dict,
 )
 
+if TYPE_CHECKING:
+    from ..explainer import Loader
+
+#: what needs torch, imported when first used: a spec is read and refused in a blink, before
+#: the seconds torch takes to import
+_RUNNER = ("Checker", "randomisable_layers", "randomised_copy")
+
+
+def __getattr__(name: str):
+    if name in _RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def check_main(
     spec_path: Path,
@@ -56,9 +69,10 @@ def check_main(
     allow_outside_spec_folder: bool = False,
     device: str | None = None,
     verbose: bool = False,
-    loader: Loader = load_model,
+    loader: Loader | None = None,
 ) -> int:
-    """The ``smoothgrad check`` command; returns the exit code."""
+    """The ``smoothgrad check`` command; returns the exit code. ``loader``: how models are
+    loaded (``models.load_model`` unless given)."""
     from rich.console import Console
 
     from ..report import print_table, stdout_console
@@ -70,7 +84,10 @@ def check_main(
         err.print(message, markup=False)
 
     try:
-        spec = parse_spec(spec_path)
+        spec = parse_spec(spec_path)  # before torch loads: a bad spec is refused at once
+        from ..models import load_model
+        from .runner import Checker
+
         run = Checker(
             spec,
             device=device,
@@ -78,7 +95,7 @@ def check_main(
             allow_outside_spec_folder=allow_outside_spec_folder,
             log=log,
             verbose=verbose,
-            loader=loader,
+            loader=loader or load_model,
         ).run()
     except SpecError as exc:
         err.print(f"smoothgrad: error: {exc}", markup=False)

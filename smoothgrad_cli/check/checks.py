@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .. import names, render
 from .metrics import (
@@ -51,6 +50,8 @@ from .metrics import (
 from .reports import CheckResult
 
 if TYPE_CHECKING:
+    import torch
+
     from ..engine.convergence import Convergence
     from .spec import Case
 

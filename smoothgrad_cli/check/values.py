@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from .. import names
 from ..errors import did_you_mean
-from ..models import looks_like_file, model_beside
+from ..model_names import looks_like_file, model_beside
 from ..settings import Baseline, MapSettings, Method, Precision, Smoothing
 from .reports import as_line
 

@@ -12,10 +12,10 @@ Every file of weights, whatever the family, is read by ``checkpoints.read_state_
 from __future__ import annotations
 
 import fnmatch
-import os
 from pathlib import Path
 
 from ..errors import did_you_mean
+from ..model_names import HF, TIMM, looks_like_file, model_beside
 from ..settings import EMBEDDED
 from . import hf_models, hub, lite0, timm_models, torchvision_models
 from .base import LoadedModel, ModelError, ModelInfo, crop_box
@@ -23,8 +23,6 @@ from .checkpoints import read_state_dict, torch_home
 from .lite0 import EMBEDDED_PACKAGE, embedded_weights_file, lite0_key_map
 from .preprocess import Preprocess
 from .torchvision_models import classification_models, imagenet_categories
-
-TIMM, HF = timm_models.PREFIX, hf_models.PREFIX
 
 
 def load_model(name: str = EMBEDDED, weights: str | None = None) -> LoadedModel:
@@ -59,24 +57,6 @@ def _hint(name: str) -> str:
     if timm.is_model(name.split(".", 1)[0]):
         return f"; did you mean '{TIMM}{name}'?"
     return did_you_mean(name, [EMBEDDED, *classification_models()])
-
-
-def looks_like_file(weights: str) -> bool:
-    return (
-        os.sep in weights or "/" in weights or Path(weights).suffix != "" or Path(weights).exists()
-    )
-
-
-def model_beside(name: str, root: Path) -> str:
-    """A model name as a spec in ``root`` means it: ``hf:FOLDER`` relative to the spec's
-    folder, as the spec's images are; any other name as it is."""
-    if not name.startswith(HF):
-        return name
-    folder = name.removeprefix(HF)
-    beside = root / folder  # an absolute folder stays itself
-    if beside.is_dir() or folder.startswith((".", os.sep)):
-        return f"{HF}{beside}"
-    return name
 
 
 def list_models(pattern: str | None = None) -> list[ModelInfo]:

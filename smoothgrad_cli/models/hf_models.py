@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model_names import HF
 from ..names import one_line
 from . import hub
 from .base import LoadedModel, ModelError, ModelInfo, check_scores, first_line, numbered_classes
 from .checkpoints import misfit, read_state_dict
 from .hf_processors import preprocess_of
 
-PREFIX = "hf:"
+PREFIX = HF  # the prefix of its --model names
 EXTRA = "pip install 'smoothgrad[hf]'"
 #: a hub repository id, with an optional revision: org/name[@rev]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")

@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 from ..errors import did_you_mean
+from ..model_names import TIMM
 from . import hub
 from .base import LoadedModel, ModelError, ModelInfo, check_scores, numbered_classes
 from .checkpoints import CACHE_REMEDY, checkpoint_path, fetch_checkpoint, fit_state, read_state_dict
 from .checkpoints import num_classes as head_size
 from .preprocess import Preprocess
 
-PREFIX = "timm:"
+PREFIX = TIMM  # the prefix of its --model names
 #: the file timm asks the hub for, and the safe alternative it tries first
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
