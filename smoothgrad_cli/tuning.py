@@ -72,7 +72,6 @@ from .tuning_probe import (
     sync,
 )
 
-
 #: a run probes once its work is at least this many times the probe's own (``probe_rows``)
 PROBE_PAYS_AFTER = 4
 

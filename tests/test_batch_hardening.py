@@ -400,7 +400,7 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_short(signalled_runs):
     assert not list(out.rglob("*.tmp"))
 
 
-_STOPPED_INSIDE_C = '''
+_STOPPED_INSIDE_C = """
 import ctypes, sys
 import smoothgrad_cli.cli
 from smoothgrad_cli import __main__ as entry
@@ -422,7 +422,7 @@ def main():
 
 smoothgrad_cli.cli.main = main
 entry.run()
-'''
+"""
 
 
 def test_a_stop_inside_code_that_c_runs_still_exits_130_under_python_m(tmp_path):

@@ -66,12 +66,14 @@ def test_skip_existing_redoes_images_whose_display_changed(tmp_path):
     assert explain(str(src), "-o", str(out), *FAST, "--overlay").exit_code == 0
     overlay = (out / "0.png.overlay.png").read_bytes()
 
+    blur, legend = ["--overlay", "--overlay-blur", "0"], ["--no-overlay-legend"]
+    magma, positive = ["--cmap", "magma"], ["--sign", "positive"]
     for option, change in [
-        (["--overlay", "--overlay-blur", "0"], "overlay_blur: None → 0.0"),
-        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend"], "overlay_legend: True → False"),
-        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend", "--cmap", "magma"], "cmap: None → magma"),
-        (["--overlay", "--overlay-blur", "0", "--no-overlay-legend", "--cmap", "magma", "--sign", "positive"], "sign: absolute → positive"),
-    ]:  # fmt: skip
+        (blur, "overlay_blur: None → 0.0"),
+        (blur + legend, "overlay_legend: True → False"),
+        (blur + legend + magma, "cmap: None → magma"),
+        (blur + legend + magma + positive, "sign: absolute → positive"),
+    ]:
         result = explain(str(src), "-o", str(out), *FAST, "--skip-existing", *option)
         assert statuses(result) == {"0.png": "ok"}, (option, result.stderr)
         assert f"({change})" in result.stderr

@@ -220,7 +220,8 @@ def run_sweep_command(
     with bar if bar is not None else contextlib.nullcontext():
         result = run_sweep(
             explainer, x, target, levels, counts, threshold=threshold, display=display,
-            smoothing=settings.smoothing, progress=(lambda rows: bar.advance(rows / total)) if bar is not None else None,
+            smoothing=settings.smoothing,
+            progress=(lambda rows: bar.advance(rows / total)) if bar is not None else None,
         )  # fmt: skip
     p = float(probabilities[0, target])
     name = explainer.categories[target]
@@ -299,7 +300,11 @@ def _print_table(report: Report, result) -> None:
 
 
 #: the paper's names for the smoothings, and what each takes over the samples
-_SMOOTHING_NAMES = {"smoothgrad": "SmoothGrad", "smoothgrad-sq": "SmoothGrad²", "vargrad": "VarGrad"}
+_SMOOTHING_NAMES = {
+    "smoothgrad": "SmoothGrad",
+    "smoothgrad-sq": "SmoothGrad²",
+    "vargrad": "VarGrad",
+}
 _OVER = {"smoothgrad": "mean", "smoothgrad-sq": "mean of squares", "vargrad": "variance"}
 
 
