@@ -5,6 +5,7 @@ option panels."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Annotated, NoReturn
 
@@ -22,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, did_you_mean
 from ..report import stdout_closed
 
 # --- help as users read it -----------------------------------------------------------------
@@ -233,6 +234,22 @@ def _click_exceptions():
     return exceptions
 
 
+#: how Typer words a value outside an enum's choices, after its validator's "Value error, "
+_NOT_A_CHOICE = re.compile(r"(?:Value error, )?'(?P<value>.*)' is not one of (?P<choices>.*)\.$")
+
+
+def usage_message(message: str) -> str:
+    """Typer's message for a bad value, in our words: without the ``Value error,`` its
+    validation puts before a choice's message, and with the choices closest to a typo."""
+    head, sep, tail = message.partition(": ")
+    found = _NOT_A_CHOICE.fullmatch(tail) if sep else None
+    if found is None:
+        return message
+    value, choices = found["value"], re.findall(r"'([^']*)'", found["choices"])
+    hint = did_you_mean(value, choices, show=repr)
+    return f"{head}: {value!r} is not one of {found['choices']}{hint or '.'}"
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr and exit code 2; a closed stdout
     ends the run quietly with 141 (see ``Group``)."""
@@ -244,7 +261,7 @@ def main() -> None:
             if exc.format_message().strip():
                 print(exc.format_message(), file=sys.stderr)
         else:
-            print(f"smoothgrad: error: {exc.format_message()}", file=sys.stderr)
+            print(f"smoothgrad: error: {usage_message(exc.format_message())}", file=sys.stderr)
         code = EXIT_USAGE
     except (typer.Abort, getattr(errors, "Abort", typer.Abort)):
         print("interrupted", file=sys.stderr)
