@@ -79,6 +79,23 @@ def test_explain_help_shows_no_type_after_flags_and_names_every_option():
     assert "<fp32|fp32-strict|bf16|fp16|auto>" in text
 
 
+@pytest.mark.parametrize(
+    "command", ["explain", "predict", "compare", "sweep", "report", "check", "models", "manifest"]
+)
+def test_a_commands_description_flows_to_a_narrow_terminal(command):
+    """Docstrings are wrapped at 92 columns; at 60 the help must rewrap them, not break a
+    sentence where the docstring's line ended (Typer keeps those breaks)."""
+    result = run(command, "--help", COLUMNS="60")
+    lines = ANSI.sub("", result.stdout).splitlines()
+    description = lines[lines.index(next(x for x in lines if "Usage:" in x)) + 1 :]
+    description = [x.strip() for x in description[: description.index(next(
+        x for x in description if x.lstrip().startswith("╭")))]]  # fmt: skip
+    paragraphs = "\n".join(description).strip().split("\n\n")
+    for paragraph in paragraphs:
+        for line in paragraph.splitlines()[:-1]:  # every line but a paragraph's last is full
+            assert len(line) >= 45, (command, line)
+
+
 def test_other_commands_usage_lines_and_checks_table_names():
     assert "Usage: smoothgrad predict [OPTIONS] INPUTS..." in help_of("predict")
     assert "Usage: smoothgrad models [OPTIONS] [PATTERN]" in help_of("models")

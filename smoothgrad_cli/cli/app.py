@@ -4,6 +4,7 @@ option panels."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import sys
@@ -60,12 +61,27 @@ def _usage_name(argument) -> str:
     return name
 
 
+def _flowing(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line. Typer's rich help keeps every line break of
+    a command's help, so a docstring wrapped at 92 columns would break mid-sentence in an
+    80-column terminal; rich then wraps each paragraph to the terminal. A paragraph that
+    starts with click's ``\\b`` keeps its lines."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
+
+
 class _BareFlags:
-    """Flags, ``--help`` included, without a metavar (see above)."""
+    """Flags, ``--help`` included, without a metavar (see above); help text that flows."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _bare_flags(self.params)
+        self.help = _flowing(self.help)
 
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)

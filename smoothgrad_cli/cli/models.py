@@ -28,8 +28,8 @@ def models_command(
 ) -> None:
     """List the classifiers; mark those usable offline (embedded or weights cached).
 
-    Without a family prefix: the embedded model and torchvision's classifiers. No model is
-    built: the registries and caches are read.
+    Without a family prefix: the embedded model and torchvision's classifiers. Nothing is
+    built or loaded: only the registries and caches are read.
 
     Exit 1 when PATTERN matches no model (as grep does), so a script can test for a name.
     """
