@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import shlex
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -180,6 +181,25 @@ def test_downloaded_weights_are_hash_checked_and_loaded_safely(
     assert (checkpoints / name).read_bytes() == data
     assert [p.name for p in checkpoints.iterdir()] == [name]  # no .partial left behind
     assert torch.equal(loaded.model.fc.weight, resnet18_state["fc.weight"])
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_download_shows_its_progress_on_a_terminal_only(
+    hub, monkeypatch, capsys, resnet18_state, terminal
+):
+    """On a terminal, torch.hub's bar (bytes, rate) redraws one line; in a log it is left out
+    rather than written a line per update."""
+    checkpoints, served, requests = hub
+    data = _state_bytes(resnet18_state)
+    _name_weights_after(monkeypatch, data)
+    served[RESNET18.url] = data
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    load_model("resnet18")
+    err = capsys.readouterr().err
+    if terminal:
+        assert "MB" in err or "kB" in err, err  # tqdm's byte count
+    else:
+        assert err == ""
 
 
 def test_download_with_a_wrong_hash_is_not_saved_nor_read(hub, loads, tmp_path):

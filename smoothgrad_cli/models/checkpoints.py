@@ -11,6 +11,7 @@ import hashlib
 import os
 import pickle
 import struct
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -161,6 +162,13 @@ def checkpoint_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+def _on_a_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
 def fetch_checkpoint(url: str, name: str, weights: str, check_hash: bool = True) -> Path:
     """The cache file of ``url`` (``weights`` for model ``name``), downloaded as torch.hub does
     when absent; with ``check_hash``, its SHA-256 checked against the prefix in its name
@@ -172,7 +180,9 @@ def fetch_checkpoint(url: str, name: str, weights: str, check_hash: bool = True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Writes a .partial file beside ``path``, renamed to it only if its hash matches.
-            torch.hub.download_url_to_file(url, str(path), prefix, progress=False)
+            # Its progress bar (bytes, rate, time left: up to gigabytes) only on a terminal,
+            # where it redraws one line; in a log it would be a line per update.
+            torch.hub.download_url_to_file(url, str(path), prefix, progress=_on_a_terminal())
         except Exception as exc:  # no network, proxy, disk full, a bad download
             if isinstance(exc, RuntimeError) and "invalid hash value" in str(exc):
                 raise ModelError(
