@@ -173,6 +173,35 @@ def test_timm_weights_not_cached_offline_say_where_they_belong(hub):
     assert "--weights FILE" in message
 
 
+@pytest.mark.parametrize("terminal, env, shown", [
+    (True, None, True), (False, None, False), (False, "0", True),
+])  # fmt: skip
+def test_hub_download_bars_show_on_a_terminal_only(monkeypatch, tmp_path, terminal, env, shown):
+    """In a log the hub's bars would be a carriage return per update: off there, unless the
+    user chose with HF_HUB_DISABLE_PROGRESS_BARS; as they were after the download."""
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from smoothgrad_cli.models import hub as our_hub
+
+    seen = []
+
+    def download(repo, filename, revision=None, cache_dir=None):
+        seen.append(not are_progress_bars_disabled())
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    if env is None:
+        monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", env)
+    before = are_progress_bars_disabled()
+    assert our_hub.download_file("org/name", "model.safetensors") == tmp_path / "model.safetensors"
+    assert seen == [shown and not before]
+    assert are_progress_bars_disabled() == before
+
+
 def test_timm_weights_are_downloaded_into_the_hub_cache_when_online(
     hub, r18_state, tmp_path, monkeypatch
 ):

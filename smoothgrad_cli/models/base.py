@@ -4,6 +4,7 @@ class names), a ``ModelInfo`` row for ``smoothgrad models``, and ``ModelError``.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +111,15 @@ def crop_box(
     square of ``crop_size``."""
     preset = Preprocess((crop_size, crop_size), resize_size, (0.0,) * 3, (1.0,) * 3)
     return preset.crop_box(width, height)
+
+
+def stderr_is_a_terminal() -> bool:
+    """Whether download progress bars belong on stderr: on a terminal they redraw one line;
+    in a log they would write a line (or a carriage return) per update."""
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
 
 
 def first_line(exc: BaseException) -> str:

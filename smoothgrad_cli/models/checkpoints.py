@@ -11,7 +11,6 @@ import hashlib
 import os
 import pickle
 import struct
-import sys
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ModelError, first_line
+from .base import ModelError, first_line, stderr_is_a_terminal
 
 CACHE_REMEDY = "delete it to download it again, or pass a local state dict with --weights FILE"
 #: names shown for each kind of difference in a state dict that does not fit
@@ -162,13 +161,6 @@ def checkpoint_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _on_a_terminal() -> bool:
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
-        return False
-
-
 def fetch_checkpoint(url: str, name: str, weights: str, check_hash: bool = True) -> Path:
     """The cache file of ``url`` (``weights`` for model ``name``), downloaded as torch.hub does
     when absent; with ``check_hash``, its SHA-256 checked against the prefix in its name
@@ -182,7 +174,7 @@ def fetch_checkpoint(url: str, name: str, weights: str, check_hash: bool = True)
             # Writes a .partial file beside ``path``, renamed to it only if its hash matches.
             # Its progress bar (bytes, rate, time left: up to gigabytes) only on a terminal,
             # where it redraws one line; in a log it would be a line per update.
-            torch.hub.download_url_to_file(url, str(path), prefix, progress=_on_a_terminal())
+            torch.hub.download_url_to_file(url, str(path), prefix, progress=stderr_is_a_terminal())
         except Exception as exc:  # no network, proxy, disk full, a bad download
             if isinstance(exc, RuntimeError) and "invalid hash value" in str(exc):
                 raise ModelError(

@@ -9,11 +9,13 @@ this module is imported, so that a test (or a caller) can point them elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import ModelError
+from .base import ModelError, stderr_is_a_terminal
 
 
 def hub_cache() -> Path:
@@ -48,6 +50,27 @@ def cached_file(repo: str, filename: str, revision: str | None = None) -> Path |
     return Path(found) if isinstance(found, str) else None
 
 
+@contextlib.contextmanager
+def _bars_on_a_terminal_only() -> Iterator[None]:
+    """The hub's download bars on a terminal, none in a log, unless the user chose with
+    ``HF_HUB_DISABLE_PROGRESS_BARS``."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    chosen = "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ
+    if chosen or stderr_is_a_terminal() or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
 def download_file(repo: str, filename: str, revision: str | None = None) -> Path | None:
     """``filename`` of ``repo``, downloaded into the cache; ``None`` when the repository has
     no such file. Raises the hub's errors for anything else (no network, no repository)."""
@@ -55,7 +78,9 @@ def download_file(repo: str, filename: str, revision: str | None = None) -> Path
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=hub_cache()))
+        with _bars_on_a_terminal_only():
+            found = hf_hub_download(repo, filename, revision=revision, cache_dir=hub_cache())
+        return Path(found)
     except EntryNotFoundError as exc:
         if isinstance(exc, LocalEntryNotFoundError):  # not cached, and the hub not reached
             raise
@@ -81,9 +106,10 @@ def download_snapshot(repo: str, revision: str | None, patterns: list[str]) -> P
     """The files of ``repo`` matching ``patterns``, downloaded into the cache."""
     from huggingface_hub import snapshot_download
 
-    folder = snapshot_download(
-        repo, revision=revision, cache_dir=hub_cache(), allow_patterns=patterns
-    )
+    with _bars_on_a_terminal_only():
+        folder = snapshot_download(
+            repo, revision=revision, cache_dir=hub_cache(), allow_patterns=patterns
+        )
     return Path(folder)
 
 
