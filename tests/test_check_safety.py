@@ -4,6 +4,7 @@ reports that stay XML, specs that are not TOML, weights beside the spec, one-lin
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -260,6 +261,42 @@ def test_junit_report_of_a_spec_with_escapes_in_its_names(tmp_path, tiny, capsys
     case = ET.parse(report).getroot().find("testsuite/testcase")
     assert case.get("classname") == "esc\\x1b[31m \\x00 name"
     assert "\x1b" not in capsys.readouterr().err
+
+
+def test_junit_is_written_even_when_stdout_has_gone(tmp_path, tiny, monkeypatch):
+    """``check --json --junit F | head -1``: the reader leaves after one line, the next write
+    fails, the command ends there; the JUnit report CI asked for is already on disk."""
+    from smoothgrad_cli import report as report_module
+
+    class GoneReader(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    real = report_module.stdout_console
+
+    def gone():
+        console = real()
+        console.file = GoneReader()
+        return console
+
+    monkeypatch.setattr(report_module, "stdout_console", gone)
+    spec = _write(
+        tmp_path,
+        f"""
+        [defaults]
+        samples = 1
+        batch_size = 1
+        [[case]]
+        name = "one"
+        image = "{COFFEE}"
+        expect_class = "a"
+        top_k = 3
+        """,
+    )
+    junit = tmp_path / "junit.xml"
+    with pytest.raises(BrokenPipeError):
+        check_main(spec, junit=junit, json_lines=True, device="cpu", loader=tiny)
+    assert ET.parse(junit).getroot().find("testsuite/testcase").get("classname") == "one"
 
 
 # ---------------------------------------------------------------------------------------------

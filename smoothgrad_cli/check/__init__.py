@@ -100,21 +100,25 @@ def check_main(
     except SpecError as exc:
         err.print(f"smoothgrad: error: {exc}", markup=False)
         return EXIT_USAGE
+    # The JUnit file first: a reader of stdout that goes away early (`| head -1`) ends the
+    # command at its next write, and CI still wants the report.
+    junit_error = None
+    if junit is not None:
+        try:
+            atomic_write(junit, junit_xml(run))
+        except OSError as exc:
+            junit_error = (
+                f"smoothgrad: error: cannot write {names.shown(junit)} "
+                f"({names.one_line(exc.strerror or exc)})"
+            )
     if json_lines:
         for line in reports.json_lines(run):
             out.print(line, markup=False)
     else:
         print_table(out, results_table(run))
-    if junit is not None:
-        try:
-            atomic_write(junit, junit_xml(run))
-        except OSError as exc:
-            err.print(
-                f"smoothgrad: error: cannot write {names.shown(junit)} "
-                f"({names.one_line(exc.strerror or exc)})",
-                markup=False,
-            )
-            return EXIT_FAILED
+    if junit_error is not None:
+        err.print(junit_error, markup=False)
+        return EXIT_FAILED
     for path in run.written:
         log(f"updated golden: {names.shown(path)}")
     log(summary(run))
