@@ -292,6 +292,22 @@ def test_models_into_a_closed_pipe_ends_quietly():
     assert stderr == ""
 
 
+@pytest.mark.parametrize("command", [["--help"], ["explain", "--help"]])
+def test_help_into_a_closed_pipe_ends_quietly_with_141(command):
+    """Typer's help console would end with exit 1 ("some inputs failed"); a reader that has
+    gone ends the command as it ends any other, with 141 and nothing on stderr."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "smoothgrad_cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    child.stdout.close()  # before the help is written: Python is still starting
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 # --- 6. models: a pattern that matches nothing ----------------------------------------------
 
 

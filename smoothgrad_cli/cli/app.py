@@ -88,6 +88,17 @@ class _BareFlags:
         _bare_flags([option] if option is not None else [])
         return option
 
+    def format_help(self, ctx, formatter) -> None:
+        # Typer prints --help on a rich console of its own, whose answer to a reader that
+        # has gone (`--help | head -1`) is SystemExit(1); nothing else in printing help
+        # exits. As a BrokenPipeError it ends as any closed stdout does (``Group``: 141).
+        try:
+            super().format_help(ctx, formatter)
+        except SystemExit as exc:
+            if exc.code == 1:
+                raise BrokenPipeError from None
+            raise
+
 
 class Command(_BareFlags, TyperCommand):
     """Every command of ``app``: bare flags, and arguments as ``NAME`` in the usage line."""
