@@ -216,16 +216,22 @@ class Explainer:
     def chunk_size(self) -> int:
         return self.smoother.batch_size or engine.default_batch_size(self.device)
 
+    @property
+    def passes_per_image(self) -> int:
+        """Forward+backward passes one image costs: its rows × the base method's passes per
+        row (integrated gradients: up to ``ig_steps``)."""
+        return self.rows_per_image * self.smoother.base.passes_per_input
+
     def plan_chunks(
-        self, *, compile: bool, say: Callable[[str], None], images: int | None = None
+        self, *, compile: bool, say: Callable[[str], None], passes: int | None = None
     ) -> None:
         """Settle the chunk size (cached, else a short timed probe; ``batch_size`` wins) and
-        compile the model if asked, before the first image of a long run. ``images``: how
-        many the run will explain, if known (a run too small for a probe gets none).
+        compile the model if asked, before the first image of a long run. ``passes``: the
+        forward+backward passes the run will make, if known (a run too small for a probe
+        gets none; ``passes_per_image`` helps count them).
 
         ``chunk_meter.wrap(progress)`` then times each engine call for the chunk-size cache
         (``tuning.NO_METER``, a no-op, when there is nothing to check)."""
-        passes = self.smoother.base.passes_per_input
         plan = tuning.plan_run(
             self.model,
             self.device,
@@ -235,8 +241,8 @@ class Explainer:
             compile=compile and not isinstance(self.smoother.base, engine.GuidedBackprop),
             model_name=self.loaded.name,
             say=say,
-            passes_per_row=passes,
-            run_rows=None if images is None else images * self.rows_per_image * passes,
+            passes_per_row=self.smoother.base.passes_per_input,
+            run_rows=passes,
         )
         self.smoother.batch_size, self.attribution_model = plan.batch_size, plan.model
         # Refined integrated gradients cost a row as many passes as its level: the meter is

@@ -158,6 +158,38 @@ def test_the_extension_picks_the_format(tiny, photos, tmp_path, suffix, magic):
     assert figure.read_bytes().startswith(magic)
 
 
+def test_every_column_runs_at_the_one_chunk_size_chosen_for_the_whole_figure(
+    tiny, photos, tmp_path, monkeypatch
+):
+    """The chunk size is chosen once, as explain chooses it, for all the figure's passes (2
+    images × (1 + 2 + 1 + 2) here), and every column runs at it; --batch-size sets it."""
+    from smoothgrad_cli import engine, tuning
+
+    asked, chunks = [], []
+
+    def choose(model, device, shape, precision, *, model_name=None, say=None, run_rows=None):
+        asked.append(run_rows)
+        return tuning.Choice(3, False, {}, cached=False)
+
+    real = engine.SmoothGrad.attribute
+
+    def attribute(self, model, x, target, **kwargs):
+        chunks.append(self.batch_size)
+        return real(self, model, x, target, **kwargs)
+
+    monkeypatch.setattr(tuning, "choose_batch_size", choose)
+    monkeypatch.setattr(engine.SmoothGrad, "attribute", attribute)
+    columns = "gradient,smoothgrad,input-x-gradient,smooth-input-x-gradient"
+    result = compare(*photos, "--methods", columns, "-o", tmp_path / "c.png")
+    assert result.exit_code == 0, result.stderr
+    assert asked == [2 * (1 + 2 + 1 + 2)]  # -n 2: two rows per image for a smoothed column
+    assert chunks == [3, 3, 3, 3]
+    asked.clear(), chunks.clear()
+    result = compare(*photos, "--methods", columns, "--batch-size", 1, "-o", tmp_path / "d.png")
+    assert result.exit_code == 0, result.stderr
+    assert asked == [] and chunks == [1, 1, 1, 1]
+
+
 def test_a_model_refusing_guided_backprop_gets_labelled_empty_cells(photos, tmp_path):
     """timm's test ViT (GELU), saved as the user's own weights file."""
     timm = pytest.importorskip("timm")

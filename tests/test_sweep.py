@@ -198,6 +198,26 @@ def test_the_engine_runs_once_per_noise_level(picture, tmp_path, monkeypatch, ba
     assert sum(calls) == rows_of_work([0, 10, 30], [2, 5, 8])
 
 
+def test_the_chunk_size_is_chosen_for_the_sweeps_passes(picture, tmp_path, monkeypatch):
+    """As explain chooses it: the cached size, else timed when the sweep's passes pay."""
+    from smoothgrad_cli import tuning
+
+    monkeypatch.setattr(explainer, "load_model", tiny_model)
+    monkeypatch.setitem(engine.BASE_METHODS, "gradient", Counting)
+    monkeypatch.setattr(Counting, "calls", [])
+    asked = []
+
+    def choose(model, device, shape, precision, *, model_name=None, say=None, run_rows=None):
+        asked.append(run_rows)
+        return tuning.Choice(3, False, {}, cached=False)
+
+    monkeypatch.setattr(tuning, "choose_batch_size", choose)
+    result = sweep(picture, "--noise", "0,10", "--samples", "2,5", "-o", tmp_path / "s.png")
+    assert result.exit_code == 0, result.stderr
+    assert asked == [rows_of_work([0, 10], [2, 5])] == [6]
+    assert Counting.calls == [1, 3, 2]
+
+
 # --- what it prints and draws -----------------------------------------------------------------
 
 

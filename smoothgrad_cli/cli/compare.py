@@ -29,6 +29,7 @@ from .figure_options import (
     write_figure,
 )
 from .options import (
+    BatchSize,
     Device,
     IgBaseline,
     IgSteps,
@@ -125,6 +126,7 @@ def compare(
     json_out: FigureJson = False,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.AUTO,
+    batch_size: BatchSize = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -137,7 +139,7 @@ def compare(
             model=model, weights=weights, labels=labels, method=Method.GRADIENT,
             smoothing="none", noise=noise, samples=samples, seed=seed, ig_steps=ig_steps,
             ig_tolerance=ig_tolerance, baseline=baseline, precision=precision, target=target,
-            top_k=top_k,
+            top_k=top_k, batch_size=batch_size,
         )  # fmt: skip
     except SettingsError as exc:
         usage_error(exc.command_line_message())
@@ -197,6 +199,8 @@ def run_compare(
     good, views = [good[i] for i in keep], [views[i] for i in keep]
     x, probabilities = torch.stack(tensors)[keep], probabilities[keep]
     classes = explainer.classes(probabilities)
+    if explainers:
+        _plan_chunks(explainers, len(good), report)
     maps = {}
     # The bar counts images: each column's rows make 1 / columns of each image.
     bar = progress(len(good)) if progress and explainers else None
@@ -237,6 +241,18 @@ def run_compare(
         markup=False,
     )
     return report.exit_code
+
+
+def _plan_chunks(explainers: dict, images: int, report: Report) -> None:
+    """One chunk size for every column, chosen as ``explain`` chooses one (the cached size,
+    else a timed probe when the whole figure's passes pay for it): the columns share the
+    model, device, input size and precision that the choice depends on."""
+    first, *others = explainers.values()
+    passes = images * sum(each.passes_per_image for each in explainers.values())
+    say = lambda message: report.err.print(message, markup=False)  # noqa: E731
+    first.plan_chunks(compile=False, say=say, passes=passes)
+    for each in others:
+        each.smoother.batch_size = first.chunk_size
 
 
 def _column_explainers(explainer, settings, columns, report):

@@ -13,6 +13,7 @@ from ..report import Report
 from ..settings import EMBEDDED, MapSettings, Method, Precision, Smoothing
 from .app import OUTPUT, RUN, app, progress_bar, usage_error
 from .options import (
+    BatchSize,
     Device,
     IgBaseline,
     IgSteps,
@@ -105,17 +106,7 @@ def explain(
     json_lines: JsonLines = False,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.AUTO,
-    batch_size: Annotated[
-        int | None,
-        _flag(
-            "--batch-size",
-            "Noisy copies per forward/backward chunk (default: timed once per model, "
-            "device, input size and precision, then cached; see SMOOTHGRAD_CACHE_DIR; "
-            "SMOOTHGRAD_RETUNE=1 times it again).",
-            RUN,
-            metavar="N",
-        ),
-    ] = None,
+    batch_size: BatchSize = None,
     compile_model: Annotated[
         bool,
         _flag(

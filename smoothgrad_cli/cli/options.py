@@ -125,6 +125,17 @@ TopK = Annotated[
         rich_help_panel=METHOD,
     ),
 ]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        metavar="N",
+        help="Noisy copies per forward/backward chunk (default: timed once per model, device, "
+        "input size and precision, then cached, for runs large enough to pay for the timing; "
+        "see SMOOTHGRAD_CACHE_DIR; SMOOTHGRAD_RETUNE=1 times it again).",
+        rich_help_panel=RUN,
+    ),
+]
 Device = Annotated[
     str,
     typer.Option(
@@ -150,7 +161,7 @@ Verbose = Annotated[
 ]
 
 __all__ = [
-    "Device", "IgBaseline", "IgSteps", "IgTolerance", "JsonLines", "Labels", "MethodChoice",
-    "ModelName", "Noise", "PrecisionChoice", "Samples", "Seed", "SmoothingChoice", "Target",
-    "TopK", "Verbose", "Weights",
+    "BatchSize", "Device", "IgBaseline", "IgSteps", "IgTolerance", "JsonLines", "Labels",
+    "MethodChoice", "ModelName", "Noise", "PrecisionChoice", "Samples", "Seed", "SmoothingChoice",
+    "Target", "TopK", "Verbose", "Weights",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from ..names import json_line, shown
 from ..render import DEFAULT_PERCENTILE
 from ..report import Report
 from ..settings import EMBEDDED, MapSettings, Method, Precision, Smoothing
-from .app import METHOD, RUN, app, progress_bar, usage_error
+from .app import METHOD, app, progress_bar, usage_error
 from .figure_options import (
     Cmap,
     Dpi,
@@ -27,6 +27,7 @@ from .figure_options import (
     write_figure,
 )
 from .options import (
+    BatchSize,
     Device,
     IgBaseline,
     Labels,
@@ -113,15 +114,7 @@ def sweep(
     json_out: FigureJson = False,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.AUTO,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            metavar="N",
-            rich_help_panel=RUN,
-            help="Noisy copies per forward/backward chunk (default: 8 on CPUs, 64 elsewhere).",
-        ),
-    ] = None,
+    batch_size: BatchSize = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -216,6 +209,11 @@ def run_sweep_command(
         return report.exit_code
     target = explainer.classes(probabilities)[0][0]
     total = rows_of_work(levels, counts)
+    explainer.plan_chunks(  # as explain chooses it: cached, else timed if the sweep pays for it
+        compile=False,
+        say=lambda message: report.err.print(message, markup=False),
+        passes=total * explainer.smoother.base.passes_per_input,
+    )
     bar = progress(1) if progress is not None else None
     with bar if bar is not None else contextlib.nullcontext():
         result = run_sweep(

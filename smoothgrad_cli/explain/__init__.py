@@ -173,7 +173,7 @@ def _execute(
             explainer.plan_chunks(
                 compile=options.compile,
                 say=lambda m: report.err.print(m, markup=False) if speaks else None,
-                images=len(plan.todo),
+                passes=len(plan.todo) * explainer.passes_per_image,
             )
         except KeyboardInterrupt:
             report.interrupted = True
