@@ -242,20 +242,25 @@ def test_junit_xml_parses_with_control_characters_and_surrogates():
     assert root.find("testsuite/properties/property").get("value") == "cpu\\x1b"
 
 
-def test_junit_report_of_a_spec_with_escapes_in_its_names(tmp_path, tiny, capsys):
-    spec = _write(
-        tmp_path,
+def _one_case_spec(folder: Path, name: str) -> Path:
+    """A spec of one cheap case on the tiny model, named ``name`` (TOML basic-string text)."""
+    return _write(
+        folder,
         f"""
         [defaults]
         samples = 1
         batch_size = 1
         [[case]]
-        name = "esc\\u001b[31m \\u0000 name"
+        name = "{name}"
         image = "{COFFEE}"
         expect_class = "a"
         top_k = 3
         """,
     )
+
+
+def test_junit_report_of_a_spec_with_escapes_in_its_names(tmp_path, tiny, capsys):
+    spec = _one_case_spec(tmp_path, "esc\\u001b[31m \\u0000 name")
     report = tmp_path / "junit.xml"
     assert check_main(spec, junit=report, device="cpu", loader=tiny) == 0
     case = ET.parse(report).getroot().find("testsuite/testcase")
@@ -280,19 +285,7 @@ def test_junit_is_written_even_when_stdout_has_gone(tmp_path, tiny, monkeypatch)
         return console
 
     monkeypatch.setattr(report_module, "stdout_console", gone)
-    spec = _write(
-        tmp_path,
-        f"""
-        [defaults]
-        samples = 1
-        batch_size = 1
-        [[case]]
-        name = "one"
-        image = "{COFFEE}"
-        expect_class = "a"
-        top_k = 3
-        """,
-    )
+    spec = _one_case_spec(tmp_path, "one")
     junit = tmp_path / "junit.xml"
     with pytest.raises(BrokenPipeError):
         check_main(spec, junit=junit, json_lines=True, device="cpu", loader=tiny)
