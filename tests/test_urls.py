@@ -339,7 +339,8 @@ def test_a_stopping_run_does_not_wait_for_a_download(server, monkeypatch):
     started = time.monotonic()
     with pytest.raises(ImageError, match="^interrupted$"):
         load_image(server.url("/slow.png"))
-    assert time.monotonic() - started < 2
+    # not a speed: the server holds its answer SLOW_S seconds, and the client did not wait
+    assert time.monotonic() - started < SLOW_S
 
 
 def test_the_guard_sees_every_connection():
