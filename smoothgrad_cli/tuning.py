@@ -24,9 +24,11 @@ look fast or slow for a moment, so:
 - a run too small for the probe to pay off (fewer forward+backward rows than
   ``PROBE_PAYS_AFTER`` probes would time) does not probe: it takes the cached size if there
   is one, else the default, and caches nothing. The probe times each candidate at least once
-  a round, ≈ 190 rows on a CPU, which is four single-photo runs of 50 samples: a first
-  ``smoothgrad explain photo.jpg`` would otherwise spend most of its time choosing a chunk,
-  while the sizes differ by tens of percent at most, and only long runs gain that back.
+  a round, ≈ 190 rows on a CPU, nearly four single-photo runs of 50 samples: a first
+  ``smoothgrad explain photo.jpg`` would otherwise spend most of its time choosing a chunk.
+  What a probe can win is the gap between the default and the best size (on the 2-core
+  development CPU, 8 is the best for Lite0 and 4 and 16 are within 12 % of it), which only a
+  long run gains back.
 
 The chunk size never changes what is computed, only how the work is cut: every noisy copy is
 drawn from its own seed and the engine's results agree across chunk sizes to float rounding.
