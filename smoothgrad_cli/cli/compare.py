@@ -249,8 +249,9 @@ def _plan_chunks(explainers: dict, images: int, report: Report) -> None:
     model, device, input size and precision that the choice depends on."""
     first, *others = explainers.values()
     passes = images * sum(each.passes_per_image for each in explainers.values())
-    say = lambda message: report.err.print(message, markup=False)  # noqa: E731
-    first.plan_chunks(compile=False, say=say, passes=passes)
+    first.plan_chunks(
+        compile=False, say=lambda message: report.err.print(message, markup=False), passes=passes
+    )
     for each in others:
         each.smoother.batch_size = first.chunk_size
 
