@@ -215,7 +215,9 @@ NOT_AN_IMAGE = "not an image file Pillow can read"
 
 
 def load_image(
-    source: InputImage | str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    source: InputImage | str | os.PathLike,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    stop: threading.Event | None = None,
 ) -> Image.Image:
     """Decode ``source`` into an 8-bit RGB photo, upright: a file, or an ``http(s)://``
     URL (an ``InputImage`` with ``url``, or a ``str``; a ``Path`` is always a file).
@@ -225,7 +227,7 @@ def load_image(
     for a JPEG whose data ends early or is corrupt too (libjpeg would pad it with grey), and
     for a download that fails (``remote.fetch``: its status, a timeout, too large, …).
     Images of more than ``max_pixels`` pixels (``None``: no limit) are refused from their
-    header, before any pixel is decoded.
+    header, before any pixel is decoded. A download is given up once ``stop`` is set.
     """
     if isinstance(source, InputImage):
         url, path = source.url, source.path
@@ -233,14 +235,14 @@ def load_image(
         url = source if isinstance(source, str) and remote.is_url(source) else None
         path = source
     if url is not None:
-        return _load_url(url, max_pixels)
+        return _load_url(url, max_pixels, stop)
     return _load_file(Path(path), max_pixels)
 
 
-def _load_url(url: str, max_pixels: int | None) -> Image.Image:
+def _load_url(url: str, max_pixels: int | None, stop: threading.Event | None) -> Image.Image:
     # Here, in the thread that decodes it: a list of URLs is not fetched before the first map.
     try:
-        download = remote.fetch(url)
+        download = remote.fetch(url, stop)
     except remote.DownloadError as exc:
         raise ImageError(str(exc)) from None
     try:

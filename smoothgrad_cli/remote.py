@@ -147,7 +147,7 @@ class Download:
     content_type: str | None  # as the server said, without parameters
 
 
-def fetch(url: str) -> Download:
+def fetch(url: str, stop: threading.Event | None = None) -> Download:
     """The body of ``url``, or ``DownloadError`` with what happened, on one line.
 
     ``TIMEOUT`` bounds the connection and each wait for data, ``DEADLINE`` the whole
@@ -157,8 +157,9 @@ def fetch(url: str) -> Download:
     The download runs in a daemon thread of its own, which the caller waits for. A decode
     thread blocked in a socket read would hold the process up to ``TIMEOUT`` after Ctrl-C or
     ``kill`` (Python joins the pool's threads at exit), so once the run is stopping
-    (``interrupt``'s handler says so) the caller gives up at once and the download is left
-    to die with the process.
+    (``interrupt``'s handler says so), or once ``stop`` is set (a run ending early, as
+    ``--fail-fast`` ends it), the caller gives up at once and the download is left to die
+    with the process.
     """
     result: list[Download | BaseException] = []
     done = threading.Event()
@@ -175,6 +176,8 @@ def fetch(url: str) -> Download:
     while not done.wait(_POLL):
         if interrupt.stopping():
             raise DownloadError("interrupted")
+        if stop is not None and stop.is_set():
+            raise DownloadError("not waited for: the run stopped")
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]

@@ -343,6 +343,44 @@ def test_a_stopping_run_does_not_wait_for_a_download(server, monkeypatch):
     assert time.monotonic() - started < SLOW_S
 
 
+def test_a_download_is_given_up_once_its_stop_is_set(server):
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="^not waited for: the run stopped$"):
+        load_image(server.url("/slow.png"), stop=stop)
+    # not a speed: the server holds its answer SLOW_S seconds, and the client did not wait
+    assert time.monotonic() - started < SLOW_S
+
+
+def test_fail_fast_leaves_no_download_to_wait_for_at_exit(server, tmp_path, monkeypatch):
+    """--fail-fast ends the run at a bad file while a URL is still downloading in a decode
+    thread: that thread must end now, not hold the process up to the timeout as it exits."""
+    from smoothgrad_cli import images
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    real = images._load_file
+
+    def once_the_download_is_under_way(path, max_pixels):
+        if path == bad:  # fail only once the slow URL has been asked for
+            give_up = time.monotonic() + SLOW_S
+            while "/slow.png" not in server.requests and time.monotonic() < give_up:
+                time.sleep(0.01)
+        return real(path, max_pixels)
+
+    monkeypatch.setattr(images, "_load_file", once_the_download_is_under_way)
+    result = CliRunner().invoke(
+        app, ["explain", str(bad), server.url("/slow.png"), "-o", str(tmp_path / "out"),
+              "--fail-fast", *FAST],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "/slow.png" in server.requests
+    for thread in [t for t in threading.enumerate() if t.name.startswith("decode")]:
+        thread.join(timeout=SLOW_S / 2)  # the server would hold it SLOW_S
+        assert not thread.is_alive(), "a decode thread still waits for its download"
+
+
 def test_the_guard_sees_every_connection():
     # what _loopback_only relies on: http.client connects through socket.create_connection
     assert http.client.HTTPConnection("127.0.0.1")._create_connection is socket.create_connection

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +59,9 @@ class Pipeline:
         self.explainer = explainer
         self.oom_said = False
         self.explanations: _Explanations | None = None  # the run's, made by ``run``
+        #: set when the run ends: downloads still in flight are not waited for (a run that
+        #: --fail-fast ended would otherwise wait for them as the process exits)
+        self.stop = threading.Event()
 
     def run(self, images: list[InputImage], progress_factory) -> None:
         if not images:
@@ -98,6 +102,7 @@ class Pipeline:
                 self._explain_rest(writer, pending_writes)
                 self._collect(pending_writes, block=True)
         finally:
+            self.stop.set()
             decoder.shutdown(wait=False, cancel_futures=True)
             self._collect(pending_writes, block=True, quiet=True)
             writer.shutdown(wait=True)
@@ -120,7 +125,7 @@ class Pipeline:
     def _decode(self, image: InputImage) -> _Decoded:
         try:
             # A URL is downloaded here, in a decode thread, as it comes up (``load_image``).
-            photo = load_image(image, self.options.max_pixels)
+            photo = load_image(image, self.options.max_pixels, self.stop)
             tensor = self.explainer.transform(photo)
             if not self.options.overlay:
                 photo = None  # only overlays need the photo at its own size
