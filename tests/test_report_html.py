@@ -245,6 +245,26 @@ def test_thumbnails_are_made_again_only_for_changed_sources(run_folder):
     assert record["t"][1] is None and record["h"][1] is not None
 
 
+def test_settings_left_at_their_defaults_are_said_in_words():
+    from smoothgrad_cli.html_report.markup import _settings
+
+    parameters = {"weights": None, "method": "gradient", "sign": "absolute", "cmap": None,
+                  "overlay_blur": None, "overlay_legend": True, "percentile": 99.0}  # fmt: skip
+    entries = [
+        {"parameters": parameters},
+        {"parameters": {**parameters, "overlay_blur": 0.0, "overlay_legend": False}},
+        {"parameters": {**parameters, "overlay_blur": 7.5, "cmap": "magma"}},
+    ]
+    shown_ = [values for values, _ in _settings(entries)]
+    assert shown_[0]["cmap"] == "default (grayscale map, viridis overlay)"
+    assert shown_[0]["overlay_blur"] == "2 % of the model's view"
+    assert shown_[0]["overlay_legend"] == "yes" and shown_[0]["weights"] == "default"
+    assert list(shown_[0])[:4] == ["weights", "method", "percentile", "sign"]
+    blurs = {values["overlay_blur"] for values in shown_}
+    assert blurs == {"2 % of the model's view", "none", "7.5 px"}
+    assert {values["overlay_legend"] for values in shown_} == {"yes", "no"}
+
+
 def test_latest_entry_of_an_image_wins():
     a_error = {"input": "in/a.png", "status": "error", "error": "x"}
     a_ok = {"input": "in/a.png", "relative": "a.png", "status": "ok"}

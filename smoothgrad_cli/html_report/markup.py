@@ -22,8 +22,15 @@ PAGE_SIZE = 200
 #: the run's settings at the top of the page, in this order; other keys follow
 _SETTING_ORDER = (
     "model", "weights", "method", "smoothing", "noise", "samples", "seed", "ig_steps",
-    "ig_tolerance", "baseline", "target", "top_k", "precision", "percentile", "device",
+    "ig_tolerance", "baseline", "target", "top_k", "precision", "percentile", "sign", "cmap",
+    "overlay_blur", "overlay_legend", "device",
 )  # fmt: skip
+#: what a setting left at its default (``None`` in the manifest) means, in words
+_DEFAULTS = {
+    "weights": "default",
+    "cmap": "default (grayscale map, viridis overlay)",
+    "overlay_blur": "2 % of the model's view",
+}
 
 
 @functools.cache
@@ -72,9 +79,13 @@ def _settings(entries: list[dict[str, Any]]) -> list[tuple[dict[str, str], int]]
 
 def _setting_text(key: str, value: Any) -> str:
     if value is None:
-        return "default" if key == "weights" else "—"
+        return _DEFAULTS.get(key, "—")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if key == "noise" and isinstance(value, (int, float)):
         return f"{value:g}%"
+    if key == "overlay_blur" and isinstance(value, (int, float)):
+        return "none" if value == 0 else f"{value:g} px"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (dict, list)):
