@@ -6,7 +6,8 @@ passes the model-randomisation sanity check of Adebayo et al. (2018). Each case'
 computed once and shared by all its checks; cases are grouped by model and each model is
 loaded once. The user's model and its files are never touched.
 
-* ``spec``: the spec, read and validated (``parse_spec``), and where goldens may be written;
+* ``spec``: the spec, read and validated (``parse_spec``);
+* ``golden_paths``: where ``--update-golden`` may write;
 * ``checks``: one function per check kind, with what each measures;
 * ``metrics``: the measures themselves (rank correlation, mass in a region, pointing);
 * ``runner``: ``Checker``, which sets up every model and explainer, then runs the cases;

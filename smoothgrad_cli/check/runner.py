@@ -19,8 +19,9 @@ from ..images import ImageError, load_image
 from ..models import load_model
 from ..settings import MapSettings, SettingsError
 from .checks import CaseMap, Golden, Subject, read_golden, run_checks
+from .golden_paths import golden_target
 from .reports import CheckResult, CheckRun
-from .spec import Case, Spec, SpecError, golden_target
+from .spec import Case, Spec, SpecError
 from .values import Where, case_label
 
 
@@ -88,7 +89,7 @@ class Checker:
     """Runs a validated spec. ``loader`` builds models (tests pass a cached one).
 
     With ``update_golden`` the goldens are written instead of compared, only inside the
-    spec's folder unless ``allow_outside_spec_folder`` (see ``spec.golden_target``).
+    spec's folder unless ``allow_outside_spec_folder`` (see ``golden_paths.golden_target``).
     """
 
     def __init__(

@@ -1,13 +1,8 @@
 """The spec of ``smoothgrad check``: a TOML file of ``[defaults]`` and ``[[case]]`` tables,
 read and validated into a ``Spec`` whose cases' settings are ``MapSettings``.
 
-Files a spec names (images, masks, goldens, a ``weights`` file) are relative to its folder.
-``--update-golden`` writes only there (``golden_target``): a golden whose path, symlinks
-resolved, leaves the spec's folder is a spec error unless ``--allow-outside-spec-folder`` is
-given (and even then its folder must exist; missing sub-folders are made only inside the
-spec's folder), and a file that is not a ``.npy`` map loading without pickle is never
-overwritten (a spec error). Both are found before any model is loaded, so a refused spec
-writes nothing.
+Files a spec names (images, masks, goldens, a ``weights`` file) are relative to its folder;
+``--update-golden`` writes only where ``golden_paths`` allows.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ import numpy as np
 from .. import names
 from ..settings import MapSettings, Precision, SettingsError
 from .checks import check_names
+from .golden_paths import resolved_golden
 from .values import (
     SETTING_KEYS,
     SpecError,
@@ -192,7 +188,7 @@ def spec_from_dict(data: dict[str, Any], path: Path) -> Spec:
         seen.add(name)
         case = _parse_case(where, dwhere, name, table, defaults, root)
         if case.golden is not None:
-            resolved = _resolved_golden(where, case)
+            resolved = resolved_golden(where, case.golden, case.golden_text)
             other = goldens.get(resolved)
             if other is not None:
                 raise where.error(
@@ -344,59 +340,8 @@ def _parse_sanity(where: Where, value: Any) -> Sanity | None:
     return Sanity(layers=layers, max_rank_correlation=threshold)
 
 
-# --- the golden path rules ----------------------------------------------------------------
-
-
-def _resolved_golden(where: Where, case: Case) -> Path:
-    try:
-        return case.golden.resolve()  # ../, symlinks and absolute paths alike
-    except (OSError, RuntimeError) as exc:  # a symlink loop, say
-        raise where.error(
-            "golden", f"cannot resolve {names.shown(case.golden_text)} ({exc})"
-        ) from None
-
-
-def _is_golden_npy(path: Path) -> bool:
-    """Whether ``path`` holds a ``.npy`` array that loads without pickle, as goldens do."""
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(6) != b"\x93NUMPY":
-                return False  # np.load would also take a .npz or a pickle
-        return isinstance(np.load(path, allow_pickle=False), np.ndarray)
-    except Exception:
-        return False
-
-
-def golden_target(spec: Spec, case: Case, *, allow_outside_spec_folder: bool = False) -> Path:
-    """The file ``--update-golden`` writes for ``case``: its golden path with symlinks
-    resolved. A spec error when the spec may not make the tool write there: outside the
-    spec's folder (unless allowed), into a missing folder outside it, or over anything but a
-    golden ``.npy`` map."""
-    where = Where(names.shown(spec.path), case_label(case.name))
-    shown = names.shown(case.golden_text)
-    target = _resolved_golden(where, case)
-    if not target.is_relative_to(spec.path.parent.resolve()):
-        if not allow_outside_spec_folder:
-            raise where.error(
-                "golden",
-                f"{shown} is outside the spec's folder ({names.shown(target)}); pass "
-                "--allow-outside-spec-folder to let --update-golden write there",
-            )
-        if not target.parent.is_dir():
-            # Missing folders are made only inside the spec's folder.
-            raise where.error("golden", f"folder {names.shown(target.parent)} does not exist")
-    if target.exists():
-        if not target.is_file():
-            raise where.error("golden", f"{shown} exists and is not a file")
-        if not _is_golden_npy(target):
-            raise where.error(
-                "golden", f"{shown} exists and is not a .npy golden map: not overwriting it"
-            )
-    return target
-
-
 __all__ = [
     "CASE_KEYS", "CHECK_KEYS", "DEFAULT_GOLDEN_RANK_CORRELATION", "DEFAULT_KEYS",
     "DEFAULT_SANITY_THRESHOLD", "SANITY_KEYS", "SETTING_KEYS", "Case", "Region", "Sanity",
-    "Spec", "SpecError", "golden_target", "parse_spec", "spec_from_dict",
+    "Spec", "SpecError", "parse_spec", "spec_from_dict",
 ]  # fmt: skip
