@@ -21,6 +21,7 @@ from rich.table import Table
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .names import json_line, one_line, shown
+from .terminal import is_a_terminal
 
 if TYPE_CHECKING:  # not at run time: the explainer imports torch
     from .explainer import Explanation
@@ -72,10 +73,7 @@ class _StdoutConsole(Console):
 def _on_a_terminal(console: Console) -> bool:
     # The file itself, not rich's is_terminal, which FORCE_COLOR turns on: colour in a CI log
     # is welcome, lines folded at 80 columns are not.
-    try:
-        return console.file.isatty()
-    except (AttributeError, OSError, ValueError):
-        return False
+    return is_a_terminal(console.file)
 
 
 def stdout_console() -> Console:

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.transforms._presets import ImageClassification
 
 from ..errors import did_you_mean
+from ..terminal import is_a_terminal
 from .preprocess import Preprocess, as_preprocess
 
 
@@ -116,10 +117,7 @@ def crop_box(
 def stderr_is_a_terminal() -> bool:
     """Whether download progress bars belong on stderr: on a terminal they redraw one line;
     in a log they would write a line (or a carriage return) per update."""
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
-        return False
+    return is_a_terminal(sys.stderr)
 
 
 def first_line(exc: BaseException) -> str:
