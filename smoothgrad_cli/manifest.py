@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -290,6 +291,14 @@ def _copy_whole_lines(source: int, target: int) -> int:
     return lines
 
 
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a merge removes what it took)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _try_lock(fd: int) -> bool:
     """Take ``fd``'s exclusive lock without waiting; ``False`` if a living process has it.
     Where the file system has no locks, one writer per part is kept by the names alone."""
@@ -303,18 +312,27 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+#: how long a part held by someone else is waited for before it counts as another writer's:
+#: a merge holds a part only while it copies and removes it
+MERGE_WAIT_S = 2.0
+
+
 def _open_locked(path: Path) -> int:
-    """Open a part for appending and lock it. A merge may remove the file between the open and
-    the lock (it held the lock then): what was opened is gone, so open the name again."""
+    """Open a part for appending and lock it.
+
+    A merge may hold the lock for a moment (``merge_parts`` locks each part it folds in, the
+    empty one a writer has just created too) and then remove the file: so a held lock is
+    waited for while the name still means the file opened, and a file removed meanwhile is
+    opened again by its name. Only a lock held past ``MERGE_WAIT_S`` is another writer's."""
+    deadline = time.monotonic() + MERGE_WAIT_S
     while True:
         fd = os.open(path, _APPEND, 0o666)
         try:
-            if not _try_lock(fd):
-                raise ManifestInUse(errno.EBUSY, "written by another running process", path)
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
+            while not (locked := _try_lock(fd)) and _still_named(fd, path):
+                if time.monotonic() > deadline:
+                    raise ManifestInUse(errno.EBUSY, "written by another running process", path)
+                time.sleep(0.01)
+            same = locked and _still_named(fd, path)
         except BaseException:
             os.close(fd)
             raise

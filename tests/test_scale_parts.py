@@ -91,6 +91,30 @@ def test_a_part_has_one_writer(tmp_path):
     assert merge_parts(tmp_path).parts == [tmp_path / "manifest.rank-0.jsonl"]
 
 
+def test_a_writer_waits_out_a_merge_that_holds_its_new_part(tmp_path):
+    """A merge locks the empty part a writer has just created, finds nothing, removes it: the
+    writer, whose lock failed meanwhile, opens the name again instead of refusing to run as
+    if another process wrote the part (what a CI run once saw with four writers)."""
+    import fcntl
+    import os
+    import threading
+
+    part = tmp_path / "manifest.rank-3.jsonl"
+    part.touch()
+    held = os.open(part, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the merge has it
+
+    def merge_done():
+        os.unlink(part)  # nothing to fold in: the merge removes it and lets go
+        os.close(held)
+
+    threading.Timer(0.2, merge_done).start()
+    manifest = Manifest(part, {"writer": 3}, part=True)
+    manifest.record({"i": 0})
+    manifest.close()
+    assert [json.loads(line)["i"] for line in part.read_text().splitlines()] == [0]
+
+
 # --- where torchrun's ranks meet -----------------------------------------------------------
 
 
